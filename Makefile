@@ -1,0 +1,43 @@
+# The only set-up a fresh machine needs is `make demo` or `make test`: this file makes its
+# own virtualenv and installs the system packages it is missing (see scripts/system-deps).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint typecheck unit bench clean system-deps
+
+$(STAMP): pyproject.toml
+	@echo "==> creating $(VENV) and installing rdsgate with its test and bench extras"
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
+	@$(BIN)/pip install --quiet --disable-pip-version-check \
+		-e '.[test,bench]'
+	@touch $@
+
+system-deps:
+	@scripts/system-deps postgres
+
+demo: $(STAMP) system-deps
+	@$(BIN)/rdsgate demo
+
+lint: $(STAMP)
+	@echo "==> ruff"
+	@$(BIN)/ruff check .
+	@$(BIN)/ruff format --check --quiet .
+
+typecheck: $(STAMP)
+	@echo "==> mypy"
+	@$(BIN)/mypy -p rdsgate.proxy -p rdsgate.operator -p rdsgate.lab tests bench
+
+test: $(STAMP) system-deps lint typecheck
+	@echo "==> pytest"
+	@$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	@scripts/system-deps postgres pgbouncer
+	@$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

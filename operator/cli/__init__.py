@@ -1,0 +1,1 @@
+"""The `rdsgate` command line (also `kubectl rdsgate`): one module per command group."""

@@ -1,0 +1,169 @@
+"""The proxy config file (ConfigMap `<db>-rdsgate`, key `config.yaml`) and its validation.
+
+The data plane owns this schema; the operator imports it to render the file. Unknown
+fields are errors so that a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+from .durations import Duration
+from .errors import ConfigError
+
+REGION_PATTERN = r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$"
+ROLE_ARN_PATTERN = r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$"
+ENDPOINT_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?):\d{1,5}$"
+
+
+class Model(BaseModel):
+    """camelCase on disk, snake_case in Python, no unknown fields."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+    def dump(self) -> dict[str, Any]:
+        """The on-disk form (camelCase, durations as strings)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class DatabaseRef(Model):
+    """The Database resource this proxy serves; Roles select it by its labels."""
+
+    name: str = Field(min_length=1)
+    namespace: str = "default"
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class Listen(Model):
+    address: str = "0.0.0.0"  # noqa: S104 - a proxy in a pod listens on all interfaces
+    port: int = Field(5432, ge=1, le=65535)
+
+
+class ClientTLS(Model):
+    """The client-facing TLS: server certificate, and the CA that signs client certificates."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+class UpstreamTLS(Model):
+    mode: Literal["verify-full", "verify-ca", "insecure"] = "verify-full"
+    ca_file: Path | None = None
+    server_name: str | None = None
+
+
+class Upstream(Model):
+    endpoint: str = Field(pattern=ENDPOINT_PATTERN)
+    tls: UpstreamTLS = UpstreamTLS()
+    connect_timeout: Duration = 5.0
+
+    @property
+    def host(self) -> str:
+        return self.endpoint.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.endpoint.rsplit(":", 1)[1])
+
+    @field_validator("endpoint")
+    @classmethod
+    def _port_in_range(cls, value: str) -> str:
+        port = int(value.rsplit(":", 1)[1])
+        if not 1 <= port <= 65535:
+            raise ValueError(f"port {port} is out of range 1-65535")
+        return value
+
+
+class AWS(Model):
+    region: str = Field(pattern=REGION_PATTERN)
+    assume_role_arn: str | None = Field(None, pattern=ROLE_ARN_PATTERN)
+    external_id: str | None = Field(None, min_length=2, max_length=1224)
+    #: RDS Proxy resource id (prx-...) and account, used to name the rds-db:connect resource.
+    proxy_resource_id: str | None = Field(None, pattern=r"^prx-[a-z0-9]+$")
+    account_id: str | None = Field(None, pattern=r"^\d{12}$")
+
+
+class Access(Model):
+    file: Path
+
+
+class Limits(Model):
+    max_connections: int = Field(1000, ge=1)
+    #: 0 disables the idle timeout.
+    idle_timeout: Duration = 1800.0
+    max_session_duration: Duration = 43200.0
+    startup_timeout: Duration = 10.0
+    drain_timeout: Duration = 30.0
+
+
+class Audit(Model):
+    queries: bool = True
+    #: Longer statements are cut to this many bytes and marked `truncated`.
+    max_query_bytes: int = Field(8192, ge=64)
+
+
+class Metrics(Model):
+    address: str = "0.0.0.0"  # noqa: S104
+    port: int = Field(9187, ge=1, le=65535)
+
+
+class ProxyConfig(Model):
+    database: DatabaseRef
+    listen: Listen = Listen()
+    tls: ClientTLS
+    upstream: Upstream
+    aws: AWS
+    access: Access
+    limits: Limits = Limits()
+    audit: Audit = Audit()
+    metrics: Metrics = Metrics()
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    """One line per problem: `upstream.endpoint: String should match pattern ...`."""
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif err["type"] == "missing":
+            message = "required field is missing"
+        problems.append(f"{where}: {message}")
+    return problems
+
+
+def parse_yaml(text: bytes | str, source: str) -> Any:
+    """YAML (or JSON, which is YAML), as a ConfigError on failure."""
+    try:
+        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [f"not valid YAML: {exc}"]) from exc
+
+
+def read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read: {exc.strerror or exc}"]) from exc
+
+
+def parse_config(data: Any, source: str = "config") -> ProxyConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["the config must be a mapping of sections"])
+    try:
+        return ProxyConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, format_validation_error(exc)) from exc
+
+
+def load_config(path: Path) -> ProxyConfig:
+    return parse_config(parse_yaml(read_file(path), str(path)), str(path))
