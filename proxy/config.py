@@ -93,6 +93,8 @@ class AWS(Model):
 
 class Access(Model):
     file: Path
+    #: How often the file (and the TLS material) is checked for a new version.
+    poll_interval: Duration = 1.0
 
 
 class Limits(Model):

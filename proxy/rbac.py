@@ -97,9 +97,7 @@ def authorize(
     if any(_allows(role, labels, user, dbname) for role in roles):
         return Decision(True, "allowed", session_options(roles))
     names = ", ".join(repr(r.name) for r in roles) or "none"
-    reason = (
-        f"no role allows database user {user!r} on database {dbname!r} here (roles: {names})"
-    )
+    reason = f"no role allows database user {user!r} on database {dbname!r} here (roles: {names})"
     if missing:
         reason += f"; roles not found: {', '.join(repr(m) for m in missing)}"
     return Decision(False, reason)

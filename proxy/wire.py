@@ -163,9 +163,10 @@ class Reader:
 def _parse_startup_params(body: bytes) -> dict[str, str]:
     if not body.endswith(b"\x00"):
         raise ProtocolViolation("invalid startup packet layout: expected terminator as last byte")
-    parts = body[:-1].split(b"\x00")
-    if parts == [b""]:
-        parts = []
+    pairs = body[:-1]
+    if pairs and not pairs.endswith(b"\x00"):
+        raise ProtocolViolation("invalid startup packet layout: expected terminator as last byte")
+    parts = pairs.split(b"\x00")[:-1] if pairs else []
     if len(parts) % 2:
         raise ProtocolViolation("invalid startup packet layout: parameter without a value")
     params: dict[str, str] = {}
@@ -234,6 +235,11 @@ def parse_sasl_mechanisms(payload: bytes) -> list[str]:
 
 def _msg(mtype: bytes, body: bytes) -> bytes:
     return mtype + _I32.pack(len(body) + 4) + body
+
+
+def frame(msg: Message) -> bytes:
+    """A parsed message back in its wire form."""
+    return _msg(msg.type, msg.body)
 
 
 def _cstr(value: str) -> bytes:
@@ -316,9 +322,7 @@ def notice_response(
     return _msg(b"N", _fields(severity, code, message, detail, None))
 
 
-def _fields(
-    severity: str, code: str, message: str, detail: str | None, hint: str | None
-) -> bytes:
+def _fields(severity: str, code: str, message: str, detail: str | None, hint: str | None) -> bytes:
     parts = [b"S" + _cstr(severity), b"V" + _cstr(severity), b"C" + _cstr(code)]
     parts.append(b"M" + _cstr(message))
     if detail:

@@ -1,0 +1,157 @@
+"""The proxy's AWS identity: one botocore session, optional assume-role, RDS IAM auth tokens.
+
+Credentials come from botocore's own chain in its order (environment, IRSA web identity,
+EKS Pod Identity container credentials, shared config, IMDSv2), so every source and its
+refresh logic is botocore's, not ours. With `assumeRoleArn`, those credentials assume the
+role (with `externalId`) through botocore's refreshing fetcher. Clients are created once
+per process; tokens are cached per (host, port, user) until shortly before they expire.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import botocore.session
+from botocore.credentials import (
+    AssumeRoleCredentialFetcher,
+    CredentialProvider,
+    CredentialResolver,
+    Credentials,
+    DeferredRefreshableCredentials,
+)
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .config import AWS
+from .errors import CredentialsUnavailable
+
+#: RDS IAM auth tokens are valid for 15 minutes; rdsgate renews them after 10.
+TOKEN_LIFETIME = 900.0
+TOKEN_REUSE = 600.0
+
+
+class _AssumeRoleProvider(CredentialProvider):
+    """Puts assume-role credentials, sourced from the default chain, at the head of the chain."""
+
+    METHOD = "rdsgate-assume-role"
+    CANONICAL_NAME = "rdsgate-assume-role"
+
+    def __init__(self, source: botocore.session.Session, role_arn: str, extra: dict[str, str]):
+        self._source = source
+        self._role_arn = role_arn
+        self._extra = extra
+
+    def load(self) -> Credentials | None:
+        source_credentials = self._source.get_credentials()
+        if source_credentials is None:
+            return None
+        fetcher = AssumeRoleCredentialFetcher(
+            client_creator=self._source.create_client,
+            source_credentials=source_credentials,
+            role_arn=self._role_arn,
+            extra_args=self._extra,
+        )
+        return DeferredRefreshableCredentials(
+            method=self.METHOD, refresh_using=fetcher.fetch_credentials
+        )
+
+
+def make_session(aws: AWS, session_name: str = "rdsgate") -> botocore.session.Session:
+    """A botocore session whose credentials are the chain's, or the assumed role's."""
+    session = botocore.session.get_session()
+    session.set_config_variable("region", aws.region)
+    if aws.assume_role_arn:
+        source = botocore.session.get_session()
+        source.set_config_variable("region", aws.region)
+        extra = {"RoleSessionName": session_name[:64]}
+        if aws.external_id:
+            extra["ExternalId"] = aws.external_id
+        session.register_component(
+            "credential_provider",
+            CredentialResolver([_AssumeRoleProvider(source, aws.assume_role_arn, extra)]),
+        )
+    return session
+
+
+def explain_no_credentials(aws: AWS) -> str:
+    where = (
+        "environment variables (AWS_ACCESS_KEY_ID), IRSA (AWS_ROLE_ARN + "
+        "AWS_WEB_IDENTITY_TOKEN_FILE), EKS Pod Identity (AWS_CONTAINER_CREDENTIALS_FULL_URI), "
+        "shared config files, and the EC2 instance metadata service (IMDSv2)"
+    )
+    return f"no AWS credentials found: looked in {where}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    token: str
+    minted: float
+
+
+class TokenMinter:
+    """Mints RDS IAM auth tokens with one RDS client, caching each until it nears expiry.
+
+    `cached` is the cheap path for the event loop; `mint` may refresh credentials over the
+    network (STS, IMDS), so the proxy calls it in a worker thread.
+    """
+
+    def __init__(self, aws: AWS, session: botocore.session.Session | None = None) -> None:
+        self._aws = aws
+        self._session = session or make_session(aws)
+        self._client: Any = None
+        self._cache: dict[tuple[str, int, str], _Cached] = {}
+        self._lock = threading.Lock()
+        self.mints = 0
+
+    @property
+    def session(self) -> botocore.session.Session:
+        return self._session
+
+    def _rds(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = self._session.create_client("rds", region_name=self._aws.region)
+            return self._client
+
+    def cached(self, host: str, port: int, user: str) -> str | None:
+        entry = self._cache.get((host, port, user))
+        if entry is not None and time.monotonic() - entry.minted < TOKEN_REUSE:
+            return entry.token
+        return None
+
+    def forget(self, host: str, port: int, user: str) -> None:
+        """Drops a cached token the upstream refused, so the next log-in signs a fresh one."""
+        self._cache.pop((host, port, user), None)
+
+    def credentials(self) -> Credentials:
+        """Current credentials, refreshed if due; raises CredentialsUnavailable."""
+        try:
+            creds = self._session.get_credentials()
+            if creds is not None:
+                frozen = creds.get_frozen_credentials()
+                if frozen.access_key:
+                    return creds
+        except (BotoCoreError, ClientError) as exc:
+            raise CredentialsUnavailable(
+                f"cannot get AWS credentials: {exc}",
+                hint="run `rdsgate diagnose` to see which credential source failed and why",
+            ) from exc
+        raise CredentialsUnavailable(
+            explain_no_credentials(self._aws),
+            hint="give the proxy an IAM role (IRSA or EKS Pod Identity), or raise the node's "
+            "IMDSv2 hop limit to 2; `rdsgate diagnose` shows which source failed",
+        )
+
+    def mint(self, host: str, port: int, user: str) -> str:
+        self.credentials()
+        try:
+            token: str = self._rds().generate_db_auth_token(
+                DBHostname=host, Port=port, DBUsername=user, Region=self._aws.region
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise CredentialsUnavailable(f"cannot sign an RDS IAM auth token: {exc}") from exc
+        self._cache[(host, port, user)] = _Cached(token, time.monotonic())
+        self.mints += 1
+        return token

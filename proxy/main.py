@@ -1,0 +1,84 @@
+"""`rdsgate-proxy --config FILE`: load and validate the config, then serve until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import logs
+from .audit import AuditLog
+from .aws import TokenMinter, make_session
+from .config import ProxyConfig, load_config
+from .errors import ConfigError
+from .metrics import Health, Metrics, serve
+from .server import Server
+
+log = logging.getLogger("rdsgate.proxy")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="rdsgate-proxy",
+        description="Postgres proxy: authenticates clients, checks their roles, logs in to "
+        "RDS Proxy with IAM auth tokens and relays the protocol, with an audit trail.",
+    )
+    p.add_argument("--config", required=True, type=Path, help="proxy config file (YAML)")
+    p.add_argument("--check", action="store_true", help="validate the config file and exit")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="json", choices=["json", "text"])
+    return p.parse_args(argv)
+
+
+async def serve_forever(config: ProxyConfig) -> None:
+    metrics = Metrics()
+    health = Health()
+    audit = AuditLog()
+    minter = TokenMinter(config.aws, make_session(config.aws, f"rdsgate-{config.database.name}"))
+    httpd = serve(config.metrics.address, config.metrics.port, metrics, health)
+    server = Server(config, metrics=metrics, health=health, audit=audit, minter=minter)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    await stop.wait()
+    log.info("shutting down")
+    await server.drain()
+    await server.stop()
+    httpd.shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logs.setup(args.log_level, args.log_format)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"rdsgate-proxy: invalid config {exc.source}:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"{args.config}: ok")
+        return 0
+    try:
+        import uvloop
+    except ImportError:
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        runner(serve_forever(config))
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The data path after log-in: two protocols that move bytes between the legs.
+
+Backend traffic is copied without being looked at. Frontend traffic goes through a
+`wire.FrontendScanner` only when the session audits queries, which reads message
+headers and the SQL of Q and P messages. Backpressure: when one side's write buffer
+fills, the protocol attached to it is told `pause_writing` and pauses reading the other
+side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from .errors import ProtocolViolation
+from .wire import FrontendScanner
+
+if TYPE_CHECKING:
+    from .session import Session
+
+
+class _Leg(asyncio.Protocol):
+    __slots__ = ("nbytes", "peer", "session")
+
+    def __init__(self, session: Session, peer: asyncio.Transport) -> None:
+        self.session = session
+        self.peer = peer
+        self.nbytes = 0
+
+    def pause_writing(self) -> None:
+        self.peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.peer.resume_reading()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.peer.close()
+        self.session.relay_closed()
+
+
+class UpstreamLeg(_Leg):
+    """Attached to the upstream transport; writes to the client."""
+
+    __slots__ = ("last",)
+
+    def __init__(self, session: Session, peer: asyncio.Transport) -> None:
+        super().__init__(session, peer)
+        #: The latest upstream chunk since the client last spoke, to tell when the server
+        #: waits for the client (ReadyForQuery) — the clean moment to end a session.
+        self.last = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.nbytes += len(data)
+        self.last = data
+        self.peer.write(data)
+        if self.session.closing is not None:
+            self.session.close_if_idle()
+
+
+class ClientLeg(_Leg):
+    """Attached to the client transport; writes to the upstream."""
+
+    __slots__ = ("scanner", "upstream_leg")
+
+    def __init__(
+        self,
+        session: Session,
+        peer: asyncio.Transport,
+        upstream_leg: UpstreamLeg,
+        scanner: FrontendScanner | None,
+    ) -> None:
+        super().__init__(session, peer)
+        self.upstream_leg = upstream_leg
+        self.scanner = scanner
+
+    def data_received(self, data: bytes) -> None:
+        self.nbytes += len(data)
+        self.upstream_leg.last = b""
+        if self.scanner is not None:
+            try:
+                statements = self.scanner.feed(data)
+            except ProtocolViolation as exc:
+                self.session.protocol_error(exc)
+                return
+            if statements:
+                self.session.audit_statements(statements)
+        self.peer.write(data)

@@ -1,0 +1,456 @@
+"""The listener and everything shared between sessions.
+
+It accepts connections itself so it can peek at the first byte: 0x16 is a TLS
+ClientHello (direct TLS, `sslnegotiation=direct`), anything else the Postgres start-up.
+It keeps the session registry (limits, cancel keys, revocation), reloads the access file
+and TLS material when their files change, sweeps idle and expired sessions, and drains
+on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import secrets
+import socket
+import ssl
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from . import wire
+from .access import AccessPolicy, load_access, utcnow
+from .audit import AuditLog
+from .aws import TokenMinter
+from .config import ProxyConfig
+from .errors import ConfigError, ProxyError, SessionTerminated
+from .metrics import Health, Metrics
+from .rbac import authorize
+from .session import CLOSE_GRACE, Session
+from .stream import PacketStream
+from .tls import ALPN, server_context, upstream_context
+from .upstream import UpstreamConnector
+
+log = logging.getLogger("rdsgate.proxy")
+T = TypeVar("T")
+
+#: Retries of a read that raced the kubelet's `..data` symlink swap.
+_SWAP_RETRIES = 5
+_SWAP_BACKOFF = 0.05
+
+
+def _file_key(path: Path) -> tuple[int, int, int] | None:
+    """Identity of the file a path resolves to now; a Secret update changes it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class Server:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        *,
+        metrics: Metrics,
+        health: Health,
+        audit: AuditLog,
+        minter: TokenMinter,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.health = health
+        self.audit = audit
+        self.minter = minter
+        self.database_name = f"{config.database.namespace}/{config.database.name}"
+        self.labels = dict(config.database.labels)
+        self.policy: AccessPolicy | None = None
+        self.server_context: ssl.SSLContext | None = None
+        self.connector = UpstreamConnector(
+            config.upstream, config.aws, upstream_context(config.upstream.tls), minter, metrics
+        )
+        self.sessions: set[Session] = set()
+        self._per_identity: Counter[str] = Counter()
+        self._cancel_keys: dict[int, tuple[bytes, Session]] = {}
+        self._listener: socket.socket | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._file_keys: dict[str, tuple[int, int, int] | None] = {}
+        self._no_sessions = asyncio.Event()
+        self._no_sessions.set()
+
+    @property
+    def active_count(self) -> int:
+        return len(self.sessions)
+
+    def identity_count(self, identity: str) -> int:
+        return self._per_identity[identity]
+
+    # ------------------------------------------------------------------------------------
+    # loading what the files say
+
+    def load_tls(self) -> bool:
+        try:
+            self.server_context = server_context(self.config.tls)
+        except ConfigError as exc:
+            self.health.set("tls", "; ".join(exc.problems))
+            log.error("TLS material not loaded: %s", "; ".join(exc.problems))
+            return False
+        self.health.set("tls", None)
+        log.info("TLS certificate loaded from %s", self.config.tls.cert_file)
+        return True
+
+    async def load_access(self) -> bool:
+        path = self.config.access.file
+        try:
+            policy = await _retry_swap(lambda: load_access(path))
+        except ConfigError as exc:
+            self.metrics.access_reloads.labels("invalid").inc()
+            problem = "; ".join(exc.problems)
+            if self.policy is None:
+                self.health.set("access", problem)
+                log.error("access file not loaded: %s", problem)
+            else:
+                log.error(
+                    "access file rejected, the previous one (%s) stays in force: %s",
+                    self.policy.digest,
+                    problem,
+                )
+            return False
+        self.policy = policy
+        self.metrics.access_reloads.labels("ok").inc()
+        self.metrics.access_grants.set(len(policy.file.grants))
+        self.health.set("access", None)
+        log.info(
+            "access file %s loaded: %d roles, %d grants",
+            policy.digest,
+            len(policy.file.roles),
+            len(policy.file.grants),
+        )
+        self.recheck_sessions()
+        return True
+
+    async def check_credentials(self) -> bool:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, self.minter.credentials)
+        except ProxyError as exc:
+            self.health.set("aws", exc.message)
+            log.error("AWS credentials not available: %s (%s)", exc.message, exc.hint or "")
+            return False
+        self.health.set("aws", None)
+        return True
+
+    # ------------------------------------------------------------------------------------
+    # sessions
+
+    def session_logged_in(self, session: Session) -> None:
+        assert session.identity is not None
+        self._per_identity[session.identity.name] += 1
+
+    def session_ended(self, session: Session, reason: str) -> None:
+        if session not in self.sessions:
+            return
+        self.sessions.discard(session)
+        self.metrics.connections_active.set(len(self.sessions))
+        if not self.sessions:
+            self._no_sessions.set()
+        if session.identity is not None and self._per_identity.get(session.identity.name):
+            self._per_identity[session.identity.name] -= 1
+            if not self._per_identity[session.identity.name]:
+                del self._per_identity[session.identity.name]
+        if session.cancel_key is not None:
+            self._cancel_keys.pop(session.cancel_key[0], None)
+        if session.relaying:
+            self.metrics.sessions_ended.labels(reason).inc()
+            self._account_bytes(session)
+
+    def _account_bytes(self, session: Session) -> None:
+        if session.client_leg is None or session.upstream_leg is None:
+            return
+        sent_in, sent_out = session.client_leg.nbytes, session.upstream_leg.nbytes
+        counted_in, counted_out = session.counted
+        self.metrics.bytes_in.inc(sent_in - counted_in)
+        self.metrics.bytes_out.inc(sent_out - counted_out)
+        session.counted = (sent_in, sent_out)
+
+    def register_cancel_key(self, session: Session) -> tuple[int, bytes]:
+        while True:
+            pid = secrets.randbits(31) or 1
+            if pid not in self._cancel_keys:
+                break
+        secret = secrets.token_bytes(4)
+        self._cancel_keys[pid] = (secret, session)
+        return pid, secret
+
+    async def cancel(self, request: wire.CancelRequest) -> None:
+        entry = self._cancel_keys.get(request.pid)
+        if entry is None or not hmac.compare_digest(entry[0], request.secret):
+            log.info("cancel request with an unknown key ignored")
+            return
+        session = entry[1]
+        if session.upstream_key is None:
+            log.info("cancel request for session %s: the upstream gave no key", session.id)
+            return
+        try:
+            await self.connector.cancel(session.upstream_key)
+        except ProxyError as exc:
+            log.warning("cancel request for session %s failed: %s", session.id, exc.message)
+
+    def recheck_sessions(self) -> None:
+        """Ends every session whose identity lost access under the policy now in force."""
+        policy = self.policy
+        if policy is None:
+            return
+        now = utcnow()
+        for session in list(self.sessions):
+            ident = session.identity
+            if ident is None or not session.relaying or session.closing is not None:
+                continue
+            grant = policy.by_identity.get(ident.name)
+            why: str | None
+            if grant is None:
+                why = "its Token's grant was removed"
+            elif grant.secret_sha256 != ident.grant.secret_sha256 or (
+                grant.service_account != ident.grant.service_account
+            ):
+                why = "its Token's credential changed"
+            else:
+                assert session.db_user is not None and session.db_name is not None
+                decision = authorize(
+                    policy, grant, self.labels, session.db_user, session.db_name, now
+                )
+                why = None if decision.allowed else decision.reason
+            if why is not None:
+                self.revoke(session, why)
+
+    def revoke(self, session: Session, why: str) -> None:
+        self.audit.emit("session.revoked", dict(session.fields(), reason=why))
+        session.terminate(SessionTerminated(f"access revoked: {why}", sqlstate="57P01"), "revoked")
+
+    # ------------------------------------------------------------------------------------
+    # background work
+
+    def _sweep(self) -> None:
+        """Idle timeouts and grant expiry; also publishes relayed byte counts."""
+        now_m = time.monotonic()
+        idle_limit = self.config.limits.idle_timeout
+        now = utcnow()
+        for session in list(self.sessions):
+            if not session.relaying or session.closing is not None:
+                continue
+            self._account_bytes(session)
+            seen = session.activity()
+            if seen != session.seen_activity:
+                session.seen_activity = seen
+                session.idle_since = now_m
+            elif idle_limit and now_m - session.idle_since >= idle_limit:
+                from .durations import format_duration
+
+                session.terminate(
+                    SessionTerminated(
+                        "terminating connection due to idle timeout of "
+                        f"{format_duration(idle_limit)} (limits.idleTimeout)",
+                        sqlstate="57P05",
+                    ),
+                    "idle_timeout",
+                )
+                continue
+            ident = session.identity
+            if ident is not None and ident.grant.expired(now):
+                assert ident.grant.expires_at is not None
+                self.revoke(session, f"token expired at {ident.grant.expires_at.isoformat()}")
+
+    async def _sweeper(self) -> None:
+        idle = self.config.limits.idle_timeout
+        interval = min(1.0, idle / 4) if idle else 1.0
+        while True:
+            await asyncio.sleep(interval)
+            self._sweep()
+
+    async def _watch_files(self) -> None:
+        interval = self.config.access.poll_interval
+        tls = self.config.tls
+        tls_files = [tls.cert_file, tls.key_file] + (
+            [tls.client_ca_file] if tls.client_ca_file else []
+        )
+        while True:
+            await asyncio.sleep(interval)
+            if self._changed([self.config.access.file]) or self.policy is None:
+                await self.load_access()
+            if self._changed(tls_files) or self.server_context is None:
+                self.load_tls()
+
+    def _changed(self, paths: list[Path]) -> bool:
+        changed = False
+        for p in paths:
+            key = _file_key(p)
+            if self._file_keys.get(str(p)) != key:
+                self._file_keys[str(p)] = key
+                changed = True
+        return changed
+
+    async def _credentials_loop(self) -> None:
+        while True:
+            ok = await self.check_credentials()
+            await asyncio.sleep(60.0 if ok else 5.0)
+
+    # ------------------------------------------------------------------------------------
+    # listening
+
+    async def start(self) -> None:
+        tls = self.config.tls
+        self._changed(
+            [self.config.access.file, tls.cert_file, tls.key_file]
+            + ([tls.client_ca_file] if tls.client_ca_file else [])
+        )
+        self.load_tls()
+        await self.load_access()
+        await self.check_credentials()
+        listen = self.config.listen
+        family = socket.AF_INET6 if ":" in listen.address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((listen.address, listen.port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        self._listener = sock
+        for coro in (self._accept_loop(sock), self._sweeper(), self._watch_files()):
+            self._tasks.append(asyncio.create_task(coro))
+        self._tasks.append(asyncio.create_task(self._credentials_loop()))
+        self.metrics.ready.set(1 if self.health.ready else 0)
+        log.info(
+            "rdsgate-proxy for %s listening on %s:%d, upstream %s",
+            self.database_name,
+            listen.address,
+            listen.port,
+            self.config.upstream.endpoint,
+        )
+
+    async def _accept_loop(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(sock)
+            except OSError as exc:
+                log.warning("accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            peer = f"{addr[0]}:{addr[1]}"
+            self.metrics.connections_total.inc()
+            if len(self.sessions) >= 2 * self.config.limits.max_connections + 64:
+                # Far beyond the limit: not even worth a TLS handshake to say so.
+                conn.close()
+                continue
+            task = asyncio.create_task(self._handle(conn, peer))
+            task.add_done_callback(_log_crash)
+
+    async def _handle(self, conn: socket.socket, peer: str) -> None:
+        loop = asyncio.get_running_loop()
+        startup = self.config.limits.startup_timeout
+        try:
+            first = await asyncio.wait_for(_peek(loop, conn), startup)
+        except (TimeoutError, OSError):
+            conn.close()
+            return
+        if first is None:
+            conn.close()
+            return
+        direct = first == 0x16
+        ctx = self.server_context
+        if direct and ctx is None:
+            conn.close()
+            return
+        try:
+            transport, stream = await loop.connect_accepted_socket(
+                PacketStream,
+                conn,
+                ssl=ctx if direct else None,
+                ssl_handshake_timeout=startup if direct else None,
+            )
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            log.info("connection from %s dropped during TLS: %s", peer, exc)
+            conn.close()
+            return
+        if direct and transport.get_extra_info("ssl_object").selected_alpn_protocol() != ALPN:
+            # Direct TLS without ALPN could be a confused non-Postgres client: refuse it.
+            transport.close()
+            return
+        session = Session(self, stream, peer)
+        self.sessions.add(session)
+        self._no_sessions.clear()
+        self.metrics.connections_active.set(len(self.sessions))
+        session.task = asyncio.current_task()
+        await session.run()
+
+    async def drain(self) -> None:
+        """Stops accepting, lets sessions finish for drainTimeout, then ends the rest."""
+        self.health.draining = True
+        self.metrics.ready.set(0)
+        if self._listener is not None:
+            self._listener.close()
+        self._tasks[0].cancel()
+        timeout = self.config.limits.drain_timeout
+        log.info("draining %d sessions for up to %gs", len(self.sessions), timeout)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._no_sessions.wait(), timeout)
+        for session in list(self.sessions):
+            session.terminate(
+                SessionTerminated("terminating connection due to administrator command"),
+                "shutdown",
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._no_sessions.wait(), CLOSE_GRACE + 1)
+        self.audit.flush()
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+
+async def _peek(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> int | None:
+    """The first byte of a connection, left in the socket for whoever reads it next."""
+    fd = conn.fileno()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+    data = conn.recv(1, socket.MSG_PEEK)
+    return data[0] if data else None
+
+
+async def _retry_swap(load: Callable[[], T]) -> T:
+    """Runs `load`, retrying briefly when a file vanished mid-swap (kubelet `..data` rename)."""
+    for attempt in range(_SWAP_RETRIES):
+        try:
+            return load()
+        except ConfigError as exc:
+            missing = any("No such file" in p for p in exc.problems)
+            if not missing or attempt == _SWAP_RETRIES - 1:
+                raise
+            await asyncio.sleep(_SWAP_BACKOFF * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error("session task crashed", exc_info=exc)

@@ -1,0 +1,404 @@
+"""One client connection, from its first byte to its end.
+
+Start-up (TLS, StartupMessage, authentication, authorization, upstream log-in) runs as a
+task over `PacketStream`s; then both transports are handed to the relay protocols and
+the session is only bookkeeping until it ends. Every `ProxyError` becomes an
+ErrorResponse in `_fail`, the one place that does so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+from . import wire
+from .access import utcnow
+from .auth import Identity, authenticate_password
+from .errors import (
+    AccessDenied,
+    AuthenticationFailed,
+    ProtocolViolation,
+    ProxyError,
+    SessionTerminated,
+    TLSRequired,
+    TooManyConnections,
+)
+from .rbac import SessionOptions, authorize
+from .relay import ClientLeg, UpstreamLeg
+from .stream import ConnectionClosed, PacketStream
+
+if TYPE_CHECKING:
+    from .server import Server
+
+#: How long a session being ended waits for the server to be between queries before it is
+#: cut without a goodbye.
+CLOSE_GRACE = 5.0
+
+
+class NotReady(ProxyError):
+    sqlstate = "57P03"
+
+
+class Session:
+    def __init__(self, server: Server, stream: PacketStream, client_addr: str) -> None:
+        self.server = server
+        self.stream = stream
+        self.id = secrets.token_hex(8)
+        self.client_addr = client_addr
+        self.identity: Identity | None = None
+        self.db_user: str | None = None
+        self.db_name: str | None = None
+        self.options = SessionOptions()
+        self.audit_queries = server.config.audit.queries
+        self.started = time.monotonic()
+        self.task: asyncio.Task[None] | None = None
+        self.closing: SessionTerminated | None = None
+        self._closing_reason = ""
+        self._ended = False
+        self._cut_timer: asyncio.TimerHandle | None = None
+        self._limit_timer: asyncio.TimerHandle | None = None
+        self.client_leg: ClientLeg | None = None
+        self.upstream_leg: UpstreamLeg | None = None
+        self._client_t: asyncio.Transport | None = None
+        self._upstream_t: asyncio.Transport | None = None
+        self.cancel_key: tuple[int, bytes] | None = None
+        self.upstream_key: tuple[int, bytes] | None = None
+        self.seen_activity = 0
+        self.counted = (0, 0)
+        self.idle_since = time.monotonic()
+
+    # ------------------------------------------------------------------------------------
+    # audit
+
+    def fields(self) -> dict[str, Any]:
+        ident = self.identity
+        return {
+            "session_id": self.id,
+            "database": self.server.database_name,
+            "identity": ident.name if ident else None,
+            "auth_method": ident.method if ident else None,
+            "db_user": self.db_user,
+            "db_name": self.db_name,
+            "client_addr": self.client_addr,
+        }
+
+    def audit_statements(self, statements: list[wire.Statement]) -> None:
+        if not self.audit_queries:
+            return
+        base = self.fields()
+        for st in statements:
+            fields = dict(base, kind=st.kind, sql=st.sql)
+            if st.truncated:
+                fields["truncated"] = True
+            self.server.audit.emit("session.query", fields)
+
+    # ------------------------------------------------------------------------------------
+    # start-up
+
+    async def run(self) -> None:
+        server = self.server
+        try:
+            try:
+                async with asyncio.timeout(server.config.limits.startup_timeout):
+                    params = await self._negotiate()
+                    if params is None:
+                        return
+                    self._check_capacity()
+                    self.identity = await self._authenticate()
+            except TimeoutError:
+                raise ProtocolViolation(
+                    "start-up did not complete in "
+                    f"{server.config.limits.startup_timeout:g}s (limits.startupTimeout)"
+                ) from None
+            self._authorize()
+            server.session_logged_in(self)
+            upstream = await server.connector.login(params)
+            self._start_relay(upstream.stream, upstream.greeting, upstream.backend_key)
+        except ProxyError as exc:
+            self._fail(exc)
+        except ConnectionClosed:
+            self._end("client closed during start-up")
+        except asyncio.CancelledError:
+            err = self.closing or SessionTerminated("terminating connection")
+            self._fail(err)
+            raise
+        finally:
+            if not self.relaying:
+                self.stream.close()
+                self._end("start-up ended")
+
+    async def _negotiate(self) -> dict[str, str] | None:
+        stream = self.stream
+        server = self.server
+        tls = stream.transport is not None and stream.transport.get_extra_info("ssl_object")
+        while True:
+            packet = await stream.read_startup()
+            if isinstance(packet, wire.SSLRequest):
+                if tls:
+                    raise ProtocolViolation("SSLRequest received inside TLS")
+                ctx = server.server_context
+                if ctx is None:
+                    raise NotReady(
+                        "rdsgate is not ready: its TLS certificate is not loaded "
+                        f"({server.health.problems.get('tls', 'unknown')})"
+                    )
+                stream.write(b"S")
+                await stream.start_tls(
+                    ctx,
+                    server_side=True,
+                    ssl_handshake_timeout=server.config.limits.startup_timeout,
+                )
+                tls = True
+            elif isinstance(packet, wire.GSSENCRequest):
+                if tls:
+                    raise ProtocolViolation("GSSENCRequest received inside TLS")
+                stream.write(b"N")
+            elif isinstance(packet, wire.CancelRequest):
+                await server.cancel(packet)
+                stream.close()
+                self._end("cancel request")
+                return None
+            else:
+                if not tls:
+                    raise TLSRequired(
+                        "rdsgate requires TLS: connect with sslmode=require (or verify-full)",
+                        hint="set sslmode=verify-full and sslrootcert to the ca.crt of your "
+                        "Token's Secret",
+                    )
+                return self._startup_params(packet)
+
+    def _startup_params(self, msg: wire.StartupMessage) -> dict[str, str]:
+        params = dict(msg.params)
+        unsupported = [k for k in params if k.startswith("_pq_.")]
+        if msg.minor > 0 or unsupported:
+            self.stream.write(wire.negotiate_protocol_version(0, unsupported))
+        if not params.get("user"):
+            raise ProxyError(
+                "no PostgreSQL user name specified in startup packet", sqlstate="28000"
+            )
+        if "replication" in params and params["replication"] not in ("false", "off", "no", "0"):
+            raise ProxyError("rdsgate does not relay replication connections", sqlstate="0A000")
+        params.setdefault("database", params["user"])
+        self.db_user = params["user"]
+        self.db_name = params["database"]
+        return params
+
+    def _check_capacity(self) -> None:
+        limit = self.server.config.limits.max_connections
+        if self.server.active_count > limit:
+            raise TooManyConnections(
+                f"too many connections: this rdsgate proxy allows {limit} (limits.maxConnections)",
+                reason="proxy_limit",
+            )
+
+    async def _authenticate(self) -> Identity:
+        server = self.server
+        policy = server.policy
+        if policy is None:
+            raise NotReady(
+                "rdsgate is not ready: its access file is not loaded "
+                f"({server.health.problems.get('access', 'unknown')})"
+            )
+        self.stream.write(wire.authentication_cleartext())
+        msg = await self.stream.read_message()
+        if msg.type != b"p":
+            raise ProtocolViolation(f"expected a password message, got {msg.type!r}")
+        password = wire.parse_password(msg.body)
+        return authenticate_password(policy, password, utcnow())
+
+    def _authorize(self) -> None:
+        server = self.server
+        ident = self.identity
+        policy = server.policy
+        assert ident is not None and policy is not None
+        assert self.db_user is not None and self.db_name is not None
+        decision = authorize(
+            policy, ident.grant, server.labels, self.db_user, self.db_name, utcnow()
+        )
+        if not decision.allowed:
+            raise AccessDenied(
+                f"access denied: {ident.name} may not log in as database user "
+                f"{self.db_user!r} to database {self.db_name!r} on "
+                f"{server.database_name}: {decision.reason}"
+            )
+        self.options = decision.options
+        if decision.options.audit_queries is not None:
+            self.audit_queries = decision.options.audit_queries
+        limit = decision.options.max_connections
+        if limit is not None and server.identity_count(ident.name) >= limit:
+            raise TooManyConnections(
+                f"too many connections for {ident.name}: its roles allow {limit} (maxConnections)",
+                reason="identity_limit",
+            )
+
+    # ------------------------------------------------------------------------------------
+    # relay
+
+    def _start_relay(
+        self, upstream: PacketStream, greeting: list[bytes], backend_key: tuple[int, bytes] | None
+    ) -> None:
+        server = self.server
+        client_t = self.stream.transport
+        upstream_t = upstream.transport
+        assert client_t is not None and upstream_t is not None
+        if client_t.is_closing():
+            upstream.close()
+            self._end("client closed during start-up")
+            return
+        self._client_t, self._upstream_t = client_t, upstream_t
+        self.upstream_key = backend_key
+        self.cancel_key = server.register_cancel_key(self)
+        greeting.insert(len(greeting) - 1, wire.backend_key_data(*self.cancel_key))
+        scanner = (
+            wire.FrontendScanner(server.config.audit.max_query_bytes)
+            if self.audit_queries
+            else None
+        )
+        up_leg = self.upstream_leg = UpstreamLeg(self, client_t)
+        cl_leg = self.client_leg = ClientLeg(self, upstream_t, up_leg, scanner)
+        pending_client = self.stream.reader.take_buffer()
+        pending_upstream = upstream.reader.take_buffer()
+        upstream_t.set_protocol(up_leg)
+        client_t.set_protocol(cl_leg)
+        client_t.write(b"".join(greeting))
+        self.idle_since = time.monotonic()
+        server.audit.emit("session.start", self.fields())
+        server.metrics.sessions_total.inc()
+        limits = server.config.limits
+        max_duration = self.options.max_session_duration or limits.max_session_duration
+        if max_duration:
+            self._limit_timer = asyncio.get_running_loop().call_later(
+                max_duration, self._duration_reached, max_duration
+            )
+        if pending_upstream:
+            up_leg.data_received(pending_upstream)
+        if pending_client:
+            cl_leg.data_received(pending_client)
+
+    def _duration_reached(self, limit: float) -> None:
+        from .durations import format_duration
+
+        self.terminate(
+            SessionTerminated(
+                "terminating connection: the maximum session duration of "
+                f"{format_duration(limit)} was reached",
+                hint="reconnect to start a new session",
+            ),
+            "max_session_duration",
+        )
+
+    @property
+    def relaying(self) -> bool:
+        return self.client_leg is not None
+
+    def activity(self) -> int:
+        if self.client_leg is None or self.upstream_leg is None:
+            return 0
+        return self.client_leg.nbytes + self.upstream_leg.nbytes
+
+    def protocol_error(self, exc: ProtocolViolation) -> None:
+        self.terminate(SessionTerminated(exc.message, sqlstate=exc.sqlstate), "protocol_error")
+
+    def terminate(self, err: SessionTerminated, reason: str) -> None:
+        """Ends the session with `err`, between queries when possible (see CLOSE_GRACE)."""
+        if self._ended or self.closing is not None:
+            return
+        self.closing = err
+        self._closing_reason = reason
+        if not self.relaying:
+            if self.task is not None:
+                self.task.cancel()
+            return
+        assert self._client_t is not None
+        with contextlib.suppress(RuntimeError):
+            self._client_t.pause_reading()
+        self._cut_timer = asyncio.get_running_loop().call_later(CLOSE_GRACE, self._cut)
+        self.close_if_idle()
+
+    def close_if_idle(self) -> None:
+        leg = self.upstream_leg
+        if leg is not None and (wire.ends_ready_for_query(leg.last) or self.activity() == 0):
+            self._goodbye()
+
+    def _goodbye(self) -> None:
+        err = self.closing
+        assert err is not None and self._client_t is not None and self._upstream_t is not None
+        self._client_t.write(
+            wire.error_response(err.sqlstate, err.message, detail=err.detail, hint=err.hint)
+        )
+        self._upstream_t.write(wire.terminate())
+        self._close_transports()
+
+    def _cut(self) -> None:
+        self._close_transports()
+
+    def _close_transports(self) -> None:
+        for t in (self._client_t, self._upstream_t):
+            if t is not None:
+                t.close()
+
+    def relay_closed(self) -> None:
+        if self.closing is not None:
+            self._end(self._closing_reason, error=self.closing.message)
+        else:
+            self._end("closed")
+
+    # ------------------------------------------------------------------------------------
+    # ending
+
+    def _fail(self, exc: ProxyError) -> None:
+        stream = self.stream
+        if not stream.closed:
+            stream.write(
+                wire.error_response(
+                    exc.sqlstate,
+                    exc.message,
+                    severity=exc.severity,
+                    detail=exc.detail,
+                    hint=exc.hint,
+                )
+            )
+            stream.close()
+        server = self.server
+        fields = self.fields()
+        denied = dict(fields, reason=exc.message, sqlstate=exc.sqlstate)
+        if isinstance(exc, AuthenticationFailed | AccessDenied | TooManyConnections):
+            server.metrics.auth_failures.labels(exc.reason).inc()
+            server.audit.emit("auth.denied", denied)
+            self._end(exc.reason, error=exc.message)
+        elif isinstance(exc, TLSRequired):
+            server.metrics.auth_failures.labels("no_tls").inc()
+            server.audit.emit("auth.denied", denied)
+            self._end("no_tls", error=exc.message)
+        elif isinstance(exc, SessionTerminated) and self.closing is not None:
+            self._end(self._closing_reason, error=exc.message)
+        else:
+            server.audit.emit(
+                "session.failed", dict(fields, reason=exc.message, sqlstate=exc.sqlstate)
+            )
+            self._end("failed", error=exc.message)
+
+    def _end(self, reason: str, *, error: str | None = None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        for timer in (self._cut_timer, self._limit_timer):
+            if timer is not None:
+                timer.cancel()
+        server = self.server
+        if self.relaying:
+            assert self.client_leg is not None and self.upstream_leg is not None
+            fields = self.fields()
+            fields.update(
+                reason=reason,
+                bytes_in=self.client_leg.nbytes,
+                bytes_out=self.upstream_leg.nbytes,
+                duration_s=round(time.monotonic() - self.started, 3),
+            )
+            if error:
+                fields["error"] = error
+            server.audit.emit("session.end", fields)
+        server.session_ended(self, reason)

@@ -1,0 +1,50 @@
+"""TLS contexts for both legs: the client-facing listener and the upstream RDS Proxy.
+
+Client side: TLS 1.2+, ALPN `postgresql` (required for direct TLS), optional client
+certificates from the operator's CA, session tickets on so reconnects skip the full
+handshake. Upstream: verified by default against the system store (RDS Proxy serves
+ACM certificates that chain to Amazon's public roots) plus an optional CA bundle.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+from .config import ClientTLS, UpstreamTLS
+from .errors import ConfigError
+
+ALPN = "postgresql"
+
+
+def server_context(tls: ClientTLS) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_COMPRESSION
+    try:
+        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+        if tls.client_ca_file is not None:
+            ctx.load_verify_locations(cafile=tls.client_ca_file)
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("tls", [f"cannot load the server certificate and key: {exc}"]) from exc
+    ctx.set_alpn_protocols([ALPN])
+    return ctx
+
+
+def upstream_context(tls: UpstreamTLS) -> ssl.SSLContext:
+    if tls.mode == "insecure":
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        if tls.ca_file is not None:
+            try:
+                ctx.load_verify_locations(cafile=tls.ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(
+                    "upstream.tls.caFile", [f"cannot load CA bundle {tls.ca_file}: {exc}"]
+                ) from exc
+        ctx.check_hostname = tls.mode == "verify-full"
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
