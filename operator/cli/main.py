@@ -13,11 +13,13 @@ from collections.abc import Callable, Sequence
 
 from rich.console import Console
 
-from . import demo
+from . import demo, diagnose, iam
 from .errors import CliError
 
 COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     demo.register,
+    diagnose.register,
+    iam.register,
 ]
 
 
