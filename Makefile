@@ -29,7 +29,8 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	@echo "==> mypy"
-	@$(BIN)/mypy -p rdsgate.proxy -p rdsgate.operator -p rdsgate.lab tests bench
+	@$(BIN)/mypy -p rdsgate.proxy -p rdsgate.operator -p rdsgate.lab
+	@$(BIN)/mypy tests bench
 
 test: $(STAMP) system-deps lint typecheck
 	@echo "==> pytest"

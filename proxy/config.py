@@ -51,7 +51,7 @@ class ClientTLS(Model):
 
     cert_file: Path
     key_file: Path
-    client_ca_file: Path | None = None
+    client_ca_file: Path | None = Field(None, alias="clientCAFile")
 
 
 class UpstreamTLS(Model):

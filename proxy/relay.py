@@ -78,7 +78,6 @@ class ClientLeg(_Leg):
 
     def data_received(self, data: bytes) -> None:
         self.nbytes += len(data)
-        self.upstream_leg.last = b""
         if self.scanner is not None:
             try:
                 statements = self.scanner.feed(data)
@@ -87,4 +86,5 @@ class ClientLeg(_Leg):
                 return
             if statements:
                 self.session.audit_statements(statements)
+        self.upstream_leg.last = b""
         self.peer.write(data)

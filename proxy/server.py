@@ -28,6 +28,7 @@ from .access import AccessPolicy, load_access, utcnow
 from .audit import AuditLog
 from .aws import TokenMinter
 from .config import ProxyConfig
+from .diagnose import Status, run_startup_checks_async
 from .errors import ConfigError, ProxyError, SessionTerminated
 from .metrics import Health, Metrics
 from .rbac import authorize
@@ -42,6 +43,7 @@ T = TypeVar("T")
 #: Retries of a read that raced the kubelet's `..data` symlink swap.
 _SWAP_RETRIES = 5
 _SWAP_BACKOFF = 0.05
+DIAGNOSE_INTERVAL = 300.0
 
 
 def _file_key(path: Path) -> tuple[int, int, int] | None:
@@ -81,6 +83,7 @@ class Server:
         self._listener: socket.socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._file_keys: dict[str, tuple[int, int, int] | None] = {}
+        metrics.ready.set_function(lambda: 1.0 if health.ready else 0.0)
         self._no_sessions = asyncio.Event()
         self._no_sessions.set()
 
@@ -295,6 +298,23 @@ class Server:
                 changed = True
         return changed
 
+    async def _diagnose_loop(self) -> None:
+        """The diagnostics of `rdsgate diagnose`, at start-up and then periodically.
+
+        Findings are served on /diagnose (the operator turns them into Database
+        conditions); failures are logged with their fix when they first appear.
+        """
+        reported: set[tuple[str, str]] = set()
+        while True:
+            findings = await run_startup_checks_async(self.config)
+            self.health.diagnosis = [f.to_dict() for f in findings]
+            now_failing = {(f.check, f.reason) for f in findings if f.status is Status.FAIL}
+            for f in findings:
+                if (f.check, f.reason) in now_failing - reported:
+                    log.warning("check %s failed: %s\nfix: %s", f.check, f.summary, f.fix or "-")
+            reported = now_failing
+            await asyncio.sleep(DIAGNOSE_INTERVAL)
+
     async def _credentials_loop(self) -> None:
         while True:
             ok = await self.check_credentials()
@@ -323,7 +343,7 @@ class Server:
         for coro in (self._accept_loop(sock), self._sweeper(), self._watch_files()):
             self._tasks.append(asyncio.create_task(coro))
         self._tasks.append(asyncio.create_task(self._credentials_loop()))
-        self.metrics.ready.set(1 if self.health.ready else 0)
+        self._tasks.append(asyncio.create_task(self._diagnose_loop()))
         log.info(
             "rdsgate-proxy for %s listening on %s:%d, upstream %s",
             self.database_name,
@@ -367,9 +387,11 @@ class Server:
         if direct and ctx is None:
             conn.close()
             return
+        stream = PacketStream()
         try:
-            transport, stream = await loop.connect_accepted_socket(
-                PacketStream,
+            # uvloop returns its SSLProtocol wrapper as the protocol: keep our own reference.
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: stream,
                 conn,
                 ssl=ctx if direct else None,
                 ssl_handshake_timeout=startup if direct else None,
@@ -392,7 +414,6 @@ class Server:
     async def drain(self) -> None:
         """Stops accepting, lets sessions finish for drainTimeout, then ends the rest."""
         self.health.draining = True
-        self.metrics.ready.set(0)
         if self._listener is not None:
             self._listener.close()
         self._tasks[0].cancel()

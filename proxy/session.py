@@ -157,9 +157,10 @@ class Session:
                     raise ProtocolViolation("GSSENCRequest received inside TLS")
                 stream.write(b"N")
             elif isinstance(packet, wire.CancelRequest):
-                await server.cancel(packet)
+                # Like the postmaster: close at once (libpq waits for it), then act.
                 stream.close()
                 self._end("cancel request")
+                await server.cancel(packet)
                 return None
             else:
                 if not tls:
@@ -258,6 +259,7 @@ class Session:
             else None
         )
         up_leg = self.upstream_leg = UpstreamLeg(self, client_t)
+        up_leg.last = greeting[-1]
         cl_leg = self.client_leg = ClientLeg(self, upstream_t, up_leg, scanner)
         pending_client = self.stream.reader.take_buffer()
         pending_upstream = upstream.reader.take_buffer()
@@ -320,7 +322,7 @@ class Session:
 
     def close_if_idle(self) -> None:
         leg = self.upstream_leg
-        if leg is not None and (wire.ends_ready_for_query(leg.last) or self.activity() == 0):
+        if leg is not None and wire.ends_ready_for_query(leg.last):
             self._goodbye()
 
     def _goodbye(self) -> None:

@@ -46,5 +46,9 @@ def upstream_context(tls: UpstreamTLS) -> ssl.SSLContext:
                     "upstream.tls.caFile", [f"cannot load CA bundle {tls.ca_file}: {exc}"]
                 ) from exc
         ctx.check_hostname = tls.mode == "verify-full"
+        # Names come from SANs only (RFC 6125), as in Go and every browser: RDS certificates
+        # from before July 2020 with only a Common Name fail here, and `rdsgate diagnose`
+        # names that case and its fix (rotate the certificate authority).
+        ctx.hostname_checks_common_name = False
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     return ctx
