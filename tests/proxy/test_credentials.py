@@ -159,7 +159,8 @@ def imds(aws: AwsLab, rds_proxy: RdsProxyStandIn) -> Iterator[ImdsServer]:
 
 
 def test_imdsv2_instance_profile(start_proxy: Start, aws: AwsLab, imds: ImdsServer) -> None:
-    host, port = imds.server_address[:2]
+    host, port = imds.server_address[0], imds.server_address[1]
+    host = host.decode() if isinstance(host, bytes) else host
     env: dict[str, Any] = aws.env()
     del env["AWS_EC2_METADATA_DISABLED"]
     env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = f"http://{host}:{port}"
