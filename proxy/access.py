@@ -223,6 +223,14 @@ class AccessPolicy:
             digest=digest,
         )
 
+    def current(self, grant: Grant) -> Grant | None:
+        """This policy's version of a grant from an earlier one (same Token or subject)."""
+        if grant.service_account is not None:
+            sa = grant.service_account
+            return self.by_service_account.get((sa.namespace, sa.name))
+        found = self.by_identity.get(grant.identity)
+        return found if found is not None and found.secret_sha256 is not None else None
+
     def grant_for_secret(self, secret: str) -> Grant | None:
         """The grant whose secret this is; every candidate is compared in constant time."""
         digest = hashlib.sha256(secret.encode()).digest()

@@ -1,7 +1,13 @@
 """Client authentication: which grant of the access file a client is.
 
-A password is a Token secret (matched by SHA-256 in constant time). Secrets are never
-logged or echoed: errors say what kind of credential failed, not what it was.
+Three credentials, tried in this order:
+- a client certificate signed by the operator's CA: its URI SAN `rdsgate://NS/TOKEN`
+  (or, failing that, its Common Name) names the grant; no password is asked;
+- a password that is a ServiceAccount token (a JWT): checked with TokenReview, matched to
+  the grant whose subject is that ServiceAccount;
+- any other password: a Token secret, matched by SHA-256 in constant time.
+Secrets are never logged or echoed: errors say what kind of credential failed, not what
+it was.
 """
 
 from __future__ import annotations
@@ -10,14 +16,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
 from .access import AccessPolicy, Grant
 from .errors import AuthenticationFailed
+from .tokenreview import Reviewed
 
 Method = Literal["password", "certificate", "serviceaccount"]
+URI_PREFIX = "rdsgate://"
 
 
 @dataclass(frozen=True, slots=True)
 class Identity:
+    """Who a client is: `name` in audit and limits, `grant` what it may do."""
+
     name: str
     method: Method
     grant: Grant
@@ -43,3 +56,66 @@ def authenticate_password(policy: AccessPolicy, password: str, now: datetime) ->
         )
     check_expiry(grant, now)
     return Identity(grant.identity, "password", grant)
+
+
+def certificate_identity(der: bytes, now: datetime) -> str:
+    """The identity a verified client certificate names; its dates are checked here.
+
+    The TLS layer verifies the chain but not the dates (so that an expired certificate
+    gets this clear error instead of a bare TLS alert).
+    """
+    cert = x509.load_der_x509_certificate(der)
+    if now < cert.not_valid_before_utc:
+        raise AuthenticationFailed(
+            f"client certificate is not valid before {cert.not_valid_before_utc.isoformat()}",
+            reason="certificate_not_yet_valid",
+            hint="check the client's clock, or use a certificate issued now",
+        )
+    if now >= cert.not_valid_after_utc:
+        raise AuthenticationFailed(
+            f"client certificate expired at {cert.not_valid_after_utc.isoformat()}",
+            reason="certificate_expired",
+            hint="use the current tls.crt and tls.key of your Token's Secret",
+        )
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uris = []
+    for uri in uris:
+        if uri.startswith(URI_PREFIX):
+            return uri[len(URI_PREFIX) :]
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if names:
+        return str(names[0].value)
+    raise AuthenticationFailed(
+        "client certificate names no rdsgate identity (no rdsgate:// URI and no Common Name)",
+        reason="certificate_unknown",
+    )
+
+
+def authenticate_certificate(policy: AccessPolicy, der: bytes, now: datetime) -> Identity:
+    name = certificate_identity(der, now)
+    grant = policy.by_identity.get(name)
+    if grant is None or grant.secret_sha256 is None:
+        raise AuthenticationFailed(
+            f"client certificate for {name!r}: no Token of that name grants access here",
+            reason="certificate_unknown",
+            hint="the Token may have been deleted; ask for a new one",
+        )
+    check_expiry(grant, now)
+    return Identity(name, "certificate", grant)
+
+
+def authenticate_service_account(
+    policy: AccessPolicy, account: Reviewed, now: datetime
+) -> Identity:
+    grant = policy.by_service_account.get((account.namespace, account.name))
+    if grant is None:
+        raise AuthenticationFailed(
+            f"ServiceAccount {account.namespace}/{account.name} has no Token granting access here",
+            reason="serviceaccount_unknown",
+            hint="create a Token whose spec.subject.serviceAccount names it",
+        )
+    check_expiry(grant, now)
+    return Identity(account.username, "serviceaccount", grant)

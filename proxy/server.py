@@ -33,8 +33,9 @@ from .errors import ConfigError, ProxyError, SessionTerminated
 from .metrics import Health, Metrics
 from .rbac import authorize
 from .session import CLOSE_GRACE, Session
-from .stream import PacketStream
+from .stream import PacketStream, TLSHandshakeFailed
 from .tls import ALPN, server_context, upstream_context
+from .tokenreview import TokenReviewer
 from .upstream import UpstreamConnector
 
 log = logging.getLogger("rdsgate.proxy")
@@ -77,6 +78,7 @@ class Server:
         self.connector = UpstreamConnector(
             config.upstream, config.aws, upstream_context(config.upstream.tls), minter, metrics
         )
+        self.reviewer = TokenReviewer()
         self.sessions: set[Session] = set()
         self._per_identity: Counter[str] = Counter()
         self._cancel_keys: dict[int, tuple[bytes, Session]] = {}
@@ -215,14 +217,12 @@ class Server:
             ident = session.identity
             if ident is None or not session.relaying or session.closing is not None:
                 continue
-            grant = policy.by_identity.get(ident.name)
+            grant = policy.current(ident.grant)
             why: str | None
             if grant is None:
                 why = "its Token's grant was removed"
-            elif grant.secret_sha256 != ident.grant.secret_sha256 or (
-                grant.service_account != ident.grant.service_account
-            ):
-                why = "its Token's credential changed"
+            elif ident.method == "password" and grant.secret_sha256 != ident.grant.secret_sha256:
+                why = "its Token's secret changed"
             else:
                 assert session.db_user is not None and session.db_name is not None
                 decision = authorize(
@@ -396,7 +396,14 @@ class Server:
                 ssl=ctx if direct else None,
                 ssl_handshake_timeout=startup if direct else None,
             )
-        except (OSError, ssl.SSLError, TimeoutError) as exc:
+        except ssl.SSLError as exc:
+            conn.close()
+            failure = TLSHandshakeFailed(exc)
+            self.metrics.auth_failures.labels(failure.reason).inc()
+            fields = Session.blank_fields(self.database_name, peer)
+            self.audit.emit("auth.denied", dict(fields, reason=failure.message))
+            return
+        except (OSError, TimeoutError) as exc:
             log.info("connection from %s dropped during TLS: %s", peer, exc)
             conn.close()
             return

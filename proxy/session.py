@@ -11,12 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
 from . import wire
 from .access import utcnow
-from .auth import Identity, authenticate_password
+from .auth import (
+    Identity,
+    authenticate_certificate,
+    authenticate_password,
+    authenticate_service_account,
+)
 from .errors import (
     AccessDenied,
     AuthenticationFailed,
@@ -28,7 +34,8 @@ from .errors import (
 )
 from .rbac import SessionOptions, authorize
 from .relay import ClientLeg, UpstreamLeg
-from .stream import ConnectionClosed, PacketStream
+from .stream import ConnectionClosed, PacketStream, TLSHandshakeFailed
+from .tokenreview import looks_like_jwt
 
 if TYPE_CHECKING:
     from .server import Server
@@ -74,15 +81,30 @@ class Session:
     # audit
 
     def fields(self) -> dict[str, Any]:
+        """What every audit event of this session carries."""
         ident = self.identity
+        fields = self.blank_fields(self.server.database_name, self.client_addr, self.id)
+        fields.update(
+            identity=ident.name if ident else None,
+            auth_method=ident.method if ident else None,
+            db_user=self.db_user,
+            db_name=self.db_name,
+        )
+        return fields
+
+    @staticmethod
+    def blank_fields(
+        database: str, client_addr: str, session_id: str | None = None
+    ) -> dict[str, Any]:
+        """The audit fields of a connection refused before anything about it is known."""
         return {
-            "session_id": self.id,
-            "database": self.server.database_name,
-            "identity": ident.name if ident else None,
-            "auth_method": ident.method if ident else None,
-            "db_user": self.db_user,
-            "db_name": self.db_name,
-            "client_addr": self.client_addr,
+            "session_id": session_id or secrets.token_hex(8),
+            "database": database,
+            "identity": None,
+            "auth_method": None,
+            "db_user": None,
+            "db_name": None,
+            "client_addr": client_addr,
         }
 
     def audit_statements(self, statements: list[wire.Statement]) -> None:
@@ -146,11 +168,14 @@ class Session:
                         f"({server.health.problems.get('tls', 'unknown')})"
                     )
                 stream.write(b"S")
-                await stream.start_tls(
-                    ctx,
-                    server_side=True,
-                    ssl_handshake_timeout=server.config.limits.startup_timeout,
-                )
+                try:
+                    await stream.start_tls(
+                        ctx,
+                        server_side=True,
+                        ssl_handshake_timeout=server.config.limits.startup_timeout,
+                    )
+                except ssl.SSLError as exc:
+                    raise TLSHandshakeFailed(exc) from exc
                 tls = True
             elif isinstance(packet, wire.GSSENCRequest):
                 if tls:
@@ -203,11 +228,19 @@ class Session:
                 "rdsgate is not ready: its access file is not loaded "
                 f"({server.health.problems.get('access', 'unknown')})"
             )
+        transport = self.stream.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport else None
+        certificate = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        if certificate:
+            return authenticate_certificate(policy, certificate, utcnow())
         self.stream.write(wire.authentication_cleartext())
         msg = await self.stream.read_message()
         if msg.type != b"p":
             raise ProtocolViolation(f"expected a password message, got {msg.type!r}")
         password = wire.parse_password(msg.body)
+        if looks_like_jwt(password):
+            account = await server.reviewer.review(password)
+            return authenticate_service_account(server.policy or policy, account, utcnow())
         return authenticate_password(policy, password, utcnow())
 
     def _authorize(self) -> None:
@@ -353,7 +386,7 @@ class Session:
 
     def _fail(self, exc: ProxyError) -> None:
         stream = self.stream
-        if not stream.closed:
+        if not stream.closed and not isinstance(exc, TLSHandshakeFailed):
             stream.write(
                 wire.error_response(
                     exc.sqlstate,

@@ -12,11 +12,29 @@ import ssl
 from typing import Any, cast
 
 from . import wire
-from .errors import ProtocolViolation
+from .errors import AuthenticationFailed, ProtocolViolation
 
 
 class ConnectionClosed(Exception):
     """The peer closed the connection during start-up."""
+
+
+class TLSHandshakeFailed(AuthenticationFailed):
+    """The client's TLS handshake failed (most often: a certificate from another CA).
+
+    Nothing can be sent back inside a failed handshake: the client sees the TLS alert,
+    the audit trail and metrics get this reason.
+    """
+
+    def __init__(self, error: ssl.SSLError) -> None:
+        verify = getattr(error, "verify_message", None)
+        if verify:
+            super().__init__(
+                f"client certificate rejected: {verify} (not signed by the rdsgate CA)",
+                reason="certificate_untrusted",
+            )
+        else:
+            super().__init__(f"TLS handshake failed: {error.reason or error}", reason="tls_failed")
 
 
 class PacketStream(asyncio.Protocol):

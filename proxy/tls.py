@@ -14,6 +14,8 @@ from .config import ClientTLS, UpstreamTLS
 from .errors import ConfigError
 
 ALPN = "postgresql"
+#: OpenSSL's X509_V_FLAG_NO_CHECK_TIME, which Python's ssl module has no name for.
+_X509_V_FLAG_NO_CHECK_TIME = 0x200000
 
 
 def server_context(tls: ClientTLS) -> ssl.SSLContext:
@@ -25,6 +27,9 @@ def server_context(tls: ClientTLS) -> ssl.SSLContext:
         if tls.client_ca_file is not None:
             ctx.load_verify_locations(cafile=tls.client_ca_file)
             ctx.verify_mode = ssl.CERT_OPTIONAL
+            # Dates are checked after the handshake, so an expired client certificate
+            # gets a FATAL that says so instead of a bare TLS alert.
+            ctx.verify_flags |= _X509_V_FLAG_NO_CHECK_TIME
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError("tls", [f"cannot load the server certificate and key: {exc}"]) from exc
     ctx.set_alpn_protocols([ALPN])
