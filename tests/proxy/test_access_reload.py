@@ -165,7 +165,11 @@ def test_reloads_under_load_disturb_nobody_still_allowed(start_proxy: Start) -> 
             changed["roles"][0]["options"] = {"maxConnections": 100 + i}
             before = await asyncio.to_thread(reloaded)
             await asyncio.to_thread(proxy.set_access, changed)
-            await asyncio.to_thread(wait_until, lambda b=before: reloaded() > b)
+
+            def applied(before: float = before) -> bool:
+                return reloaded() > before
+
+            await asyncio.to_thread(wait_until, applied)
         final = copy.deepcopy(doc)
         final["grants"] = [g for g in final["grants"] if g["identity"] != "shop/doomed"]
         await asyncio.to_thread(proxy.set_access, final)
