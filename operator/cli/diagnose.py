@@ -34,6 +34,7 @@ from rdsgate.proxy.diagnose import (
 from rdsgate.proxy.errors import ConfigError
 
 from .errors import CliError
+from .kubeconfig import connect
 
 GROUP, VERSION = "rdsgate.dev", "v1alpha1"
 _STYLE = {
@@ -87,25 +88,12 @@ def load_database(
     name: str, namespace: str | None, context: str | None
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The Database resource and the Roles of its namespace, through the kubeconfig."""
-    from kubernetes import client, config  # type: ignore[import-untyped, unused-ignore]
-    from kubernetes.client.exceptions import (  # type: ignore[import-untyped, unused-ignore]
-        ApiException,
-    )
-    from kubernetes.config.config_exception import (  # type: ignore[import-untyped, unused-ignore]
-        ConfigException,
-    )
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
 
-    try:
-        config.load_kube_config(context=context)
-        if namespace is None:
-            _, active = config.list_kube_config_contexts()
-            if context is not None:
-                contexts, _ = config.list_kube_config_contexts()
-                active = next(c for c in contexts if c["name"] == context)
-            namespace = active.get("context", {}).get("namespace") or "default"
-    except (ConfigException, OSError, StopIteration) as exc:
-        raise CliError(f"cannot load the kubeconfig: {exc}", exit_code=2) from exc
-    api = client.CustomObjectsApi()
+    cluster = connect(context, namespace)
+    namespace = cluster.namespace
+    api = client.CustomObjectsApi(cluster.api)
     try:
         db = api.get_namespaced_custom_object(GROUP, VERSION, namespace, "databases", name)
         roles = api.list_namespaced_custom_object(GROUP, VERSION, namespace, "roles")["items"]

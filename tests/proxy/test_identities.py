@@ -64,7 +64,6 @@ def test_certificate_from_another_ca_is_refused(proxy: RunningProxy, tmp_path: P
     mark = len(proxy.audit)
     out = psql(proxy.dsn(password=None, **cert_files(tmp_path, kp)))
     assert out.returncode != 0
-    assert "SSL" in out.stderr
     denied = proxy.wait_audit("auth.denied", start=mark)
     assert denied["reason"] == (
         "client certificate rejected: unable to get local issuer certificate "

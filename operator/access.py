@@ -1,0 +1,521 @@
+"""Roles + Tokens + Database labels → the access bundle of each Database; Token → its Secret.
+
+Pure. The bundle uses the proxy's own models (`rdsgate.proxy.access`), so a bundle the
+operator writes is one the proxy loads, and it means what `rdsgate.proxy.rbac` decides:
+
+- A Token's grant goes into the bundle of every Database that the `allow.databases`
+  selector of one of its valid Roles matches (the Databases it "touches"), with all of
+  its Roles, so that a deny in one Role still beats an allow in another.
+- A Role that does not validate (say, a bad regular expression) is compiled as "deny every
+  login everywhere": it may have carried deny rules, so the grants holding it fail closed
+  until it is fixed. A Role that does not exist is left out (the proxy ignores missing
+  roles, and a missing Role denies nothing).
+- An expired grant is left out everywhere; the proxy also refuses it by `expiresAt`.
+- Only `secret_digest(secret)` of a secret credential goes into a bundle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from rdsgate.proxy.access import (
+    AccessFile,
+    Grant,
+    LabelSelector,
+    Role,
+    Rule,
+    ServiceAccountRef,
+)
+from rdsgate.proxy.config import format_validation_error
+from rdsgate.proxy.durations import parse_duration
+
+from . import pki
+from .ca import b64
+from .status import Condition, InvalidSpec, Problem, ReferenceNotFound, parse_timestamp, timestamp
+
+DEFAULT_MOUNT_PATH = "/var/run/secrets/rdsgate"
+SERVICE_PORT = 5432
+#: Keys the operator owns in a Token Secret; those it does not write are removed.
+TOKEN_SECRET_KEYS = (
+    "token",
+    "ca.crt",
+    "tls.crt",
+    "tls.key",
+    "PGHOST",
+    "PGPORT",
+    "PGUSER",
+    "PGDATABASE",
+    "PGSSLMODE",
+    "PGPASSWORD",
+    "PGSSLROOTCERT",
+)
+
+
+class RoleInvalid(Problem):
+    reason = "RoleInvalid"
+
+
+class Expired(Problem):
+    reason = "Expired"
+
+
+class NoDatabase(Problem):
+    reason = "NoDatabase"
+
+
+def new_secret() -> str:
+    """32 random bytes, base64url without padding (43 characters, safe in a libpq URI)."""
+    return secrets.token_urlsafe(32)
+
+
+def identity(namespace: str, token_name: str) -> str:
+    return f"{namespace}/{token_name}"
+
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, Mapping) else {}
+
+
+def _spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    spec = obj.get("spec")
+    return spec if isinstance(spec, Mapping) else {}
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    return str(_meta(obj).get("name", ""))
+
+
+def _labels(obj: Mapping[str, Any]) -> dict[str, str]:
+    labels = _meta(obj).get("labels")
+    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, Mapping) else {}
+
+
+def live(objs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Objects not being deleted, by name."""
+    return sorted(
+        (o for o in objs if not _meta(o).get("deletionTimestamp") and _name(o)), key=_name
+    )
+
+
+# Roles
+
+
+@dataclass(frozen=True)
+class CompiledRole:
+    name: str
+    role: Role | None
+    problems: tuple[Problem, ...] = ()
+
+    @property
+    def in_bundle(self) -> Role:
+        """The Role as bundles carry it: itself, or deny-everything while invalid."""
+        if self.role is not None:
+            return self.role
+        return Role(name=self.name, deny=Rule(databases=LabelSelector()))
+
+
+_PYDANTIC_PREFIX = re.compile(r"^(Value error|Assertion failed), ")
+
+
+def compile_role(obj: Mapping[str, Any]) -> CompiledRole:
+    """A Role resource as the proxy's Role model, or the problems that keep it from being one."""
+    name = _name(obj)
+    raw = obj.get("spec")
+    if raw is not None and not isinstance(raw, Mapping):
+        return CompiledRole(name, None, (InvalidSpec("spec must be an object"),))
+    try:
+        role = Role.model_validate({**(raw or {}), "name": name})
+    except ValidationError as exc:
+        problems = []
+        for line in format_validation_error(exc):
+            where, _, message = line.partition(": ")
+            problems.append(InvalidSpec(f"spec.{where}: {_PYDANTIC_PREFIX.sub('', message)}"))
+        return CompiledRole(name, None, tuple(problems))
+    return CompiledRole(name, role)
+
+
+def _patterns(values: Sequence[Any]) -> str:
+    return ",".join(getattr(v, "text", str(v)) for v in values) or "-"
+
+
+def _selector_text(sel: LabelSelector | None, omitted: str) -> str:
+    if sel is None:
+        return omitted
+    parts = [f"{k}={v}" for k, v in sorted(sel.match_labels.items())]
+    for e in sel.match_expressions:
+        if e.operator in ("In", "NotIn"):
+            parts.append(f"{e.key} {e.operator.lower()} ({','.join(e.values)})")
+        else:
+            parts.append(e.key if e.operator == "Exists" else f"!{e.key}")
+    return ",".join(parts) or "all"
+
+
+def rule_summary(rule: Rule, *, allow: bool) -> str:
+    """One line for `kubectl get rdsrole`: users, names and which Databases."""
+    if allow:
+        on = _selector_text(rule.databases, "no Database")
+        users, names = _patterns(rule.database_users), _patterns(rule.database_names)
+        return f"users {users} dbs {names} on [{on}]"
+    if not rule.database_users and not rule.database_names:
+        if rule.databases is None:
+            return "-"
+        return f"everything on [{_selector_text(rule.databases, '')}]"
+    parts = []
+    if rule.database_users:
+        parts.append(f"users {_patterns(rule.database_users)}")
+    if rule.database_names:
+        parts.append(f"dbs {_patterns(rule.database_names)}")
+    return " ".join([*parts, f"on [{_selector_text(rule.databases, 'every Database')}]"])
+
+
+# Tokens
+
+
+def token_expiry(token: Mapping[str, Any], now: datetime) -> datetime | None:
+    """When the Token expires: `status.expiresAt` once set, else creation + `spec.ttl`.
+
+    Raises InvalidSpec for a ttl that is not a duration (the CRD's pattern normally stops it).
+    """
+    status = token.get("status")
+    if isinstance(status, Mapping) and isinstance(status.get("expiresAt"), str):
+        try:
+            return parse_timestamp(status["expiresAt"])
+        except ValueError:
+            pass
+    ttl = _spec(token).get("ttl")
+    if ttl is None:
+        return None
+    try:
+        seconds = parse_duration(str(ttl))
+    except ValueError as exc:
+        raise InvalidSpec(f"spec.ttl: {exc}") from exc
+    created = _meta(token).get("creationTimestamp")
+    start = now
+    if isinstance(created, str):
+        with contextlib.suppress(ValueError):
+            start = parse_timestamp(created)
+    return (start + timedelta(seconds=seconds)).replace(microsecond=0)
+
+
+def token_roles(token: Mapping[str, Any]) -> list[str]:
+    roles = _spec(token).get("roles")
+    if not isinstance(roles, list):
+        return []
+    return list(dict.fromkeys(str(r) for r in roles))
+
+
+def service_account_subject(token: Mapping[str, Any]) -> ServiceAccountRef | None:
+    subject = _spec(token).get("subject")
+    if not isinstance(subject, Mapping):
+        return None
+    sa = subject.get("serviceAccount")
+    if not isinstance(sa, Mapping) or not sa.get("name"):
+        return None
+    namespace = sa.get("namespace") or _meta(token).get("namespace") or "default"
+    return ServiceAccountRef(namespace=str(namespace), name=str(sa["name"]))
+
+
+def secret_name(token: Mapping[str, Any]) -> str:
+    return str(_spec(token).get("secretName") or f"{_name(token)}-rdsgate")
+
+
+def subject_text(token: Mapping[str, Any]) -> str:
+    sa = service_account_subject(token)
+    return "secret" if sa is None else f"serviceaccount:{sa.namespace}/{sa.name}"
+
+
+#: What the operator knows about a Token's secret credential: its digest, or why there is none.
+Credential = str | Problem
+
+
+@dataclass
+class TokenFindings:
+    name: str
+    identity: str
+    subject: str
+    secret_name: str | None
+    expires_at: datetime | None
+    expired: bool
+    databases: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    grant: Grant | None = None
+
+
+@dataclass
+class RoleFindings:
+    compiled: CompiledRole
+    databases: list[str]
+
+
+@dataclass
+class NamespaceAccess:
+    """Everything one namespace compiles to: one bundle per Database, findings per resource."""
+
+    bundles: dict[str, AccessFile]
+    roles: dict[str, RoleFindings]
+    tokens: dict[str, TokenFindings]
+
+
+def _token_findings(
+    token: Mapping[str, Any],
+    namespace: str,
+    roles: Mapping[str, CompiledRole],
+    database_names: set[str],
+    credential: Credential | None,
+    now: datetime,
+) -> TokenFindings:
+    name = _name(token)
+    sa = service_account_subject(token)
+    problems: list[Problem] = []
+    try:
+        expires_at = token_expiry(token, now)
+    except InvalidSpec as exc:
+        problems.append(exc)
+        expires_at = None
+    expired = expires_at is not None and now >= expires_at
+    wanted = token_roles(token)
+    if not wanted:
+        problems.append(InvalidSpec("spec.roles: name at least one Role"))
+    for role_name in wanted:
+        compiled = roles.get(role_name)
+        if compiled is None:
+            problems.append(
+                ReferenceNotFound(
+                    f"Role {role_name!r} does not exist in namespace {namespace!r}: "
+                    "create it or remove it from spec.roles"
+                )
+            )
+        elif compiled.role is None:
+            problems.append(
+                RoleInvalid(
+                    f"Role {role_name!r} is invalid (see its status); logins with this "
+                    "Token are refused until it is fixed"
+                )
+            )
+    database = _spec(token).get("database")
+    if database and str(database) not in database_names:
+        problems.append(
+            ReferenceNotFound(
+                f"spec.database: Database {database!s} does not exist in namespace "
+                f"{namespace!r}; PGHOST names a Service that is not there"
+            )
+        )
+    findings = TokenFindings(
+        name=name,
+        identity=identity(namespace, name),
+        subject=subject_text(token),
+        secret_name=None if sa is not None else secret_name(token),
+        expires_at=expires_at,
+        expired=expired,
+        problems=problems,
+    )
+    if expired:
+        return findings
+    digest: str | None = None
+    if sa is None:
+        if isinstance(credential, Problem):
+            problems.append(credential)
+        elif credential is not None:
+            digest = credential
+        if digest is None:
+            return findings
+    findings.grant = Grant(
+        identity=findings.identity,
+        secret_sha256=digest,
+        service_account=sa,
+        roles=wanted,
+        expires_at=expires_at,
+    )
+    return findings
+
+
+def compile_namespace(
+    namespace: str,
+    databases: Sequence[Mapping[str, Any]],
+    roles: Sequence[Mapping[str, Any]],
+    tokens: Sequence[Mapping[str, Any]],
+    credentials: Mapping[str, Credential],
+    now: datetime,
+) -> NamespaceAccess:
+    """The access bundle of every live Database in a namespace, and what each Role and Token
+    contributes; `credentials` maps Token names to their secret's digest (or its problem)."""
+    dbs = {_name(d): _labels(d) for d in live(databases)}
+    compiled = {r.name: r for r in (compile_role(obj) for obj in live(roles))}
+
+    role_findings = {
+        name: RoleFindings(
+            c,
+            sorted(
+                db
+                for db, labels in dbs.items()
+                if c.role is not None
+                and c.role.allow.databases is not None
+                and c.role.allow.databases.matches(labels)
+            ),
+        )
+        for name, c in compiled.items()
+    }
+
+    grants_by_db: dict[str, list[Grant]] = {db: [] for db in dbs}
+    token_findings: dict[str, TokenFindings] = {}
+    for token in live(tokens):
+        found = _token_findings(
+            token, namespace, compiled, set(dbs), credentials.get(_name(token)), now
+        )
+        token_findings[found.name] = found
+        if found.grant is None:
+            continue
+        touched: set[str] = set()
+        for role_name in found.grant.roles:
+            if role_name in role_findings:
+                touched.update(role_findings[role_name].databases)
+        found.databases = sorted(touched)
+        for db in found.databases:
+            grants_by_db[db].append(found.grant)
+        if not touched and not found.problems:
+            found.problems.append(
+                NoDatabase(
+                    f"no Database in namespace {namespace!r} is selected by the allow rules of "
+                    f"its roles ({', '.join(found.grant.roles)}); label a Database or fix "
+                    "spec.allow.databases of a Role"
+                )
+            )
+
+    bundles = {}
+    for db, grants in grants_by_db.items():
+        role_names = sorted({r for g in grants for r in g.roles if r in compiled})
+        bundles[db] = AccessFile(
+            roles=[compiled[r].in_bundle for r in role_names],
+            grants=sorted(grants, key=lambda g: g.identity),
+        )
+    return NamespaceAccess(bundles, role_findings, token_findings)
+
+
+def bundle_yaml(bundle: AccessFile) -> str:
+    """The access file's text: deterministic, so that an unchanged bundle is an unchanged Secret."""
+    return yaml.safe_dump(bundle.dump(), sort_keys=False, default_flow_style=False)
+
+
+# Status
+
+
+def role_status(found: RoleFindings) -> tuple[dict[str, Any], list[Condition]]:
+    c = found.compiled
+    fields: dict[str, Any] = {"databases": found.databases}
+    if c.role is not None:
+        fields["allow"] = rule_summary(c.role.allow, allow=True)
+        fields["deny"] = rule_summary(c.role.deny, allow=False)
+        ready = Condition(
+            "Ready",
+            "True",
+            "Valid",
+            f"selects {len(found.databases)} Database(s)"
+            + (f": {', '.join(found.databases)}" if found.databases else ""),
+        )
+    else:
+        fields["allow"] = fields["deny"] = "invalid"
+        ready = Condition(
+            "Ready",
+            "False",
+            c.problems[0].reason,
+            "; ".join(p.message for p in c.problems)
+            + " - Tokens holding this Role are refused until it is fixed",
+            event="Warning",
+        )
+    return fields, [ready]
+
+
+def token_status(found: TokenFindings) -> tuple[dict[str, Any], list[Condition]]:
+    fields: dict[str, Any] = {
+        "identity": found.identity,
+        "subject": found.subject,
+        "databases": found.databases,
+        "secretName": found.secret_name,
+        "expiresAt": timestamp(found.expires_at) if found.expires_at else None,
+    }
+    if found.expired:
+        assert found.expires_at is not None
+        when = timestamp(found.expires_at)
+        expired = Condition(
+            "Expired",
+            "True",
+            "TTLElapsed",
+            f"the grant expired at {when} and was removed from every access bundle; "
+            "create a new Token for further access",
+            event="Warning",
+        )
+        ready = Condition("Ready", "False", "Expired", f"expired at {when}")
+        return fields, [ready, expired]
+    expired = Condition(
+        "Expired",
+        "False",
+        "NotExpired" if found.expires_at else "NoTTL",
+        f"expires at {timestamp(found.expires_at)}" if found.expires_at else "no spec.ttl",
+    )
+    if found.problems:
+        ready = Condition(
+            "Ready",
+            "False",
+            found.problems[0].reason,
+            "; ".join(p.message for p in found.problems),
+            event="Warning",
+        )
+    else:
+        ready = Condition(
+            "Ready",
+            "True",
+            "Granted",
+            f"{found.identity} may log in to {', '.join(found.databases)}",
+        )
+    return fields, [ready, expired]
+
+
+# The Token Secret
+
+
+def token_secret_data(
+    token: Mapping[str, Any],
+    *,
+    namespace: str,
+    secret: str,
+    ca_pem: bytes,
+    client: pki.KeyPair,
+) -> dict[str, str | None]:
+    """The Token Secret's `data` (base64), with None for every owned key it must not carry."""
+    spec = _spec(token)
+    values: dict[str, str | bytes] = {
+        "token": secret,
+        "ca.crt": ca_pem,
+        "tls.crt": client.cert_pem,
+        "tls.key": client.key_pem,
+    }
+    database, user, dbname = (
+        spec.get("database"),
+        spec.get("databaseUser"),
+        spec.get("databaseName"),
+    )
+    if database or user or dbname:
+        mount = str(spec.get("mountPath") or DEFAULT_MOUNT_PATH).rstrip("/") or ""
+        values |= {
+            "PGPORT": str(SERVICE_PORT),
+            "PGSSLMODE": "verify-full",
+            "PGPASSWORD": secret,
+            "PGSSLROOTCERT": f"{mount}/ca.crt",
+        }
+        if database:
+            values["PGHOST"] = f"{database}.{namespace}.svc"
+        if user:
+            values["PGUSER"] = str(user)
+        if dbname:
+            values["PGDATABASE"] = str(dbname)
+    return {key: (b64(values[key]) if key in values else None) for key in TOKEN_SECRET_KEYS}

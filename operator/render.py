@@ -1,0 +1,658 @@
+"""Database → the child objects the operator owns and the proxy config they carry.
+
+Pure. Every object is rendered whole and deterministically, so applying it twice changes
+nothing; a `None` value means "this field must be absent" (it becomes `null` in a JSON
+merge patch). Lists are rendered whole: a merge patch replaces a list entirely, which is
+what repairs a Service port edited by hand (ARCHITECTURE §3, the drift trap).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import PurePosixPath
+from typing import Any
+
+import yaml
+from cryptography import x509
+from pydantic import ValidationError
+from pydantic.alias_generators import to_camel
+
+from rdsgate.proxy.config import ProxyConfig, format_validation_error
+
+from . import pki
+from .ca import b64, is_current
+from .status import Condition, InvalidSpec, Problem
+
+API_VERSION = "rdsgate.dev/v1alpha1"
+MANAGED_BY = "rdsgate-operator"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_TOKEN = "rdsgate.dev/token"  # noqa: S105 - a label key
+CONFIG_HASH = "rdsgate.dev/config-hash"
+IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"
+
+CONFIG_DIR = PurePosixPath("/etc/rdsgate/config")
+TLS_DIR = PurePosixPath("/etc/rdsgate/tls")
+ACCESS_DIR = PurePosixPath("/etc/rdsgate/access")
+CONFIG_KEY = "config.yaml"
+ACCESS_KEY = "access.yaml"
+UPSTREAM_CA_KEY = "upstream-ca.crt"
+CLIENT_CA_KEY = "client-ca.crt"
+
+SERVICE_PORT = 5432
+METRICS_PORT = 9187
+PROXY_UID = 65532
+DEFAULT_REPLICAS = 2
+SERVER_CERT_DAYS = 90
+DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the operator was started with that shapes rendered objects."""
+
+    proxy_image: str
+    cluster_domain: str = "cluster.local"
+
+
+@dataclass(frozen=True)
+class Database:
+    """A Database resource, read once; accessors never raise on odd input."""
+
+    obj: Mapping[str, Any]
+
+    @property
+    def meta(self) -> Mapping[str, Any]:
+        m = self.obj.get("metadata")
+        return m if isinstance(m, Mapping) else {}
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name", ""))
+
+    @property
+    def namespace(self) -> str:
+        return str(self.meta.get("namespace") or "default")
+
+    @property
+    def uid(self) -> str:
+        return str(self.meta.get("uid", ""))
+
+    @property
+    def generation(self) -> int | None:
+        g = self.meta.get("generation")
+        return g if isinstance(g, int) else None
+
+    @property
+    def labels(self) -> dict[str, str]:
+        labels = self.meta.get("labels")
+        return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, Mapping) else {}
+
+    @property
+    def spec(self) -> Mapping[str, Any]:
+        s = self.obj.get("spec")
+        return s if isinstance(s, Mapping) else {}
+
+    def section(self, key: str) -> Mapping[str, Any]:
+        value = self.spec.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise InvalidSpec(f"spec.{key} must be an object")
+        return value
+
+    @property
+    def replicas(self) -> int:
+        value = self.section("proxy").get("replicas", DEFAULT_REPLICAS)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidSpec("spec.proxy.replicas must be a whole number, 0 or more")
+        return value
+
+    @property
+    def child_name(self) -> str:
+        return f"{self.name}-rdsgate"
+
+    @property
+    def tls_secret_name(self) -> str:
+        return f"{self.name}-rdsgate-tls"
+
+    @property
+    def access_secret_name(self) -> str:
+        return f"{self.name}-rdsgate-access"
+
+    @property
+    def issuer_ref(self) -> Mapping[str, Any] | None:
+        ref = self.section("proxy").get("issuerRef")
+        return ref if isinstance(ref, Mapping) else None
+
+    def service_account_name(self) -> str:
+        sa = self.section("proxy").get("serviceAccount")
+        if isinstance(sa, Mapping) and sa.get("name"):
+            return str(sa["name"])
+        return self.child_name
+
+    def selector(self) -> dict[str, str]:
+        return {LABEL_NAME: "rdsgate-proxy", LABEL_INSTANCE: self.name}
+
+    def labels_for(self, component: str) -> dict[str, str]:
+        return {
+            **self.selector(),
+            "app.kubernetes.io/component": component,
+            LABEL_MANAGED_BY: MANAGED_BY,
+        }
+
+
+def owner_reference(
+    kind: str, name: str, uid: str, api_version: str = API_VERSION
+) -> dict[str, Any]:
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _meta(db: Database, name: str, component: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": db.namespace,
+        "labels": db.labels_for(component),
+        "ownerReferences": [owner_reference("Database", db.name, db.uid)],
+        **extra,
+    }
+
+
+# The proxy config
+
+#: Where a ProxyConfig error points in the Database spec (longest prefix first).
+_SPEC_PATHS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("upstream", "tls", "ca_file"), "spec.tls.caBundle"),
+    (("upstream", "tls"), "spec.tls"),
+    (("upstream", "endpoint"), "spec.endpoint"),
+    (("upstream",), "spec"),
+    (("listen", "port"), "spec.proxy.port"),
+    (("limits",), "spec.proxy"),
+    (("aws",), "spec.aws"),
+    (("audit",), "spec.audit"),
+    (("database", "name"), "metadata.name"),
+    (("database", "labels"), "metadata.labels"),
+)
+
+
+def _spec_path(loc: tuple[str | int, ...]) -> str:
+    parts = tuple(str(p) for p in loc)
+    for prefix, target in _SPEC_PATHS:
+        if parts[: len(prefix)] == prefix:
+            return ".".join([target, *(to_camel(p) for p in parts[len(prefix) :])])
+    return ".".join(["spec", *(to_camel(p) for p in parts)])
+
+
+def _config_problems(exc: ValidationError) -> list[Problem]:
+    problems: list[Problem] = []
+    for err, line in zip(exc.errors(), format_validation_error(exc), strict=True):
+        message = line.split(": ", 1)[1] if ": " in line else line
+        message = re.sub(r"^(Value error|Assertion failed), ", "", message)
+        problems.append(InvalidSpec(f"{_spec_path(tuple(err['loc']))}: {message}"))
+    return problems
+
+
+def _check_names(db: Database) -> None:
+    if not _DNS_LABEL.match(db.name) or len(db.name) > 63:
+        raise InvalidSpec(
+            f"metadata.name {db.name!r} must be a DNS label (lowercase letters, digits, '-', "
+            "starting with a letter, at most 63 characters): it becomes the Service name"
+        )
+    engine = db.spec.get("engine", "postgres")
+    if engine != "postgres":
+        raise InvalidSpec(f"spec.engine {engine!r} is not served yet; use postgres")
+    sa = db.section("proxy").get("serviceAccount")
+    if isinstance(sa, Mapping) and sa.get("name") and sa.get("roleArn"):
+        raise InvalidSpec(
+            "spec.proxy.serviceAccount: set either name (an existing ServiceAccount) or roleArn "
+            "(the operator generates one annotated for IRSA), not both"
+        )
+
+
+def _ca_bundle(db: Database) -> str | None:
+    bundle = db.section("tls").get("caBundle")
+    if bundle is None:
+        return None
+    try:
+        if not isinstance(bundle, str):
+            raise ValueError("not a string")
+        x509.load_pem_x509_certificates(bundle.encode())
+    except ValueError as exc:
+        raise InvalidSpec(f"spec.tls.caBundle is not PEM certificates: {exc}") from exc
+    return bundle
+
+
+def proxy_config(db: Database) -> ProxyConfig:
+    """The proxy's config for this Database, validated by the proxy's own model."""
+    _check_names(db)
+    proxy, tls, aws, audit = (db.section(k) for k in ("proxy", "tls", "aws", "audit"))
+    ca_bundle = _ca_bundle(db)
+    client_ca = CONFIG_DIR / CLIENT_CA_KEY if db.issuer_ref else TLS_DIR / "ca.crt"
+    # Field names, not aliases: the model decides how they are spelled on disk.
+    data: dict[str, Any] = {
+        "database": {"name": db.name, "namespace": db.namespace, "labels": db.labels},
+        "listen": {"port": proxy.get("port", SERVICE_PORT)},
+        "tls": {
+            "cert_file": str(TLS_DIR / "tls.crt"),
+            "key_file": str(TLS_DIR / "tls.key"),
+            "client_ca_file": str(client_ca),
+        },
+        "upstream": {
+            "endpoint": db.spec.get("endpoint"),
+            "tls": {
+                "mode": tls.get("mode", "verify-full"),
+                "ca_file": str(CONFIG_DIR / UPSTREAM_CA_KEY) if ca_bundle else None,
+                "server_name": tls.get("serverName"),
+            },
+        },
+        "aws": dict(aws),
+        "access": {"file": str(ACCESS_DIR / ACCESS_KEY)},
+        "limits": {
+            "max_connections": proxy.get("maxConnections", 1000),
+            "idle_timeout": proxy.get("idleTimeout", "30m"),
+        },
+        "audit": {"queries": audit.get("queries", True)},
+        "metrics": {"port": METRICS_PORT},
+    }
+    if data["upstream"]["endpoint"] is None:
+        del data["upstream"]["endpoint"]
+    try:
+        return ProxyConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = _config_problems(exc)
+        raise InvalidSpec("; ".join(p.message for p in problems)) from exc
+
+
+def config_yaml(config: ProxyConfig) -> str:
+    return yaml.safe_dump(config.dump(), sort_keys=False, default_flow_style=False)
+
+
+def config_map_data(
+    db: Database, config: ProxyConfig, client_ca_pem: bytes
+) -> dict[str, str | None]:
+    ca_bundle = _ca_bundle(db)
+    return {
+        CONFIG_KEY: config_yaml(config),
+        UPSTREAM_CA_KEY: ca_bundle,
+        CLIENT_CA_KEY: client_ca_pem.decode() if db.issuer_ref else None,
+    }
+
+
+def config_map(db: Database, data: Mapping[str, str | None]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(db, db.child_name, "config"),
+        "data": dict(data),
+    }
+
+
+# TLS
+
+
+def server_names(db: Database, cluster_domain: str) -> list[str]:
+    """The names clients reach the Service by, the first being the short one."""
+    base = f"{db.name}.{db.namespace}.svc"
+    return [db.name, f"{db.name}.{db.namespace}", base, f"{base}.{cluster_domain}"]
+
+
+def server_keypair(
+    existing: pki.KeyPair | None, ca: pki.KeyPair, names: list[str], now: datetime
+) -> pki.KeyPair:
+    """The server certificate to serve: the existing one while current, else a new one."""
+    if is_current(existing, ca, now, dns_names=names):
+        assert existing is not None
+        return existing
+    return pki.issue_server_cert(ca, names, days=SERVER_CERT_DAYS)
+
+
+def tls_secret(db: Database, pair: pki.KeyPair, ca_pem: bytes) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(db, db.tls_secret_name, "tls"),
+        "type": "kubernetes.io/tls",
+        "data": {
+            "tls.crt": b64(pair.cert_pem),
+            "tls.key": b64(pair.key_pem),
+            "ca.crt": b64(ca_pem),
+        },
+    }
+
+
+def certificate(db: Database, names: list[str]) -> dict[str, Any]:
+    """A cert-manager Certificate writing the TLS Secret, when spec.proxy.issuerRef is set."""
+    ref = db.issuer_ref or {}
+    return {
+        "apiVersion": "cert-manager.io/v1",
+        "kind": "Certificate",
+        "metadata": _meta(db, db.child_name, "tls"),
+        "spec": {
+            "secretName": db.tls_secret_name,
+            "commonName": names[0],
+            "dnsNames": names,
+            "duration": f"{SERVER_CERT_DAYS * 24}h",
+            "renewBefore": f"{SERVER_CERT_DAYS * 24 // 3}h",
+            "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+            "usages": ["server auth", "digital signature"],
+            "issuerRef": {
+                "name": str(ref.get("name", "")),
+                "kind": str(ref.get("kind", "Issuer")),
+                "group": str(ref.get("group", "cert-manager.io")),
+            },
+        },
+    }
+
+
+# Access
+
+
+def access_secret(db: Database, bundle_text: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(db, db.access_secret_name, "access"),
+        "type": "Opaque",
+        "data": {ACCESS_KEY: b64(bundle_text)},
+    }
+
+
+# Workload
+
+
+def config_hash(config_data: Mapping[str, str | None], tls_data: Mapping[str, Any]) -> str:
+    """What rolls the proxies: the config and TLS material, never the access bundle."""
+    material = {
+        "config": {k: v for k, v in sorted(config_data.items()) if v is not None},
+        "tls": {k: tls_data[k] for k in sorted(tls_data) if k in ("tls.crt", "tls.key", "ca.crt")},
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def service_account(db: Database) -> dict[str, Any] | None:
+    """The generated ServiceAccount, or None when spec.proxy.serviceAccount.name names one."""
+    sa = db.section("proxy").get("serviceAccount")
+    sa = sa if isinstance(sa, Mapping) else {}
+    if sa.get("name"):
+        return None
+    role_arn = sa.get("roleArn")
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _meta(
+            db,
+            db.child_name,
+            "proxy",
+            annotations={IRSA_ANNOTATION: str(role_arn) if role_arn else None},
+        ),
+    }
+
+
+def _resources(db: Database) -> dict[str, Any]:
+    res = db.section("proxy").get("resources")
+    if res is None:
+        return json.loads(json.dumps(DEFAULT_RESOURCES))  # type: ignore[no-any-return]
+    if not isinstance(res, Mapping):
+        raise InvalidSpec("spec.proxy.resources must be an object with limits and requests")
+    return {
+        k: dict(v) for k, v in res.items() if k in ("limits", "requests") and isinstance(v, Mapping)
+    }
+
+
+def deployment(db: Database, settings: Settings, config_hash_value: str) -> dict[str, Any]:
+    proxy = db.section("proxy")
+    image = str(proxy.get("image") or settings.proxy_image)
+    port = int(proxy.get("port", SERVICE_PORT))
+    selector = db.selector()
+    probe = {"periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3}
+    container = {
+        "name": "proxy",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["rdsgate-proxy", "--config", str(CONFIG_DIR / CONFIG_KEY)],
+        "ports": [
+            {"name": "postgres", "containerPort": port, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, **probe},
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, **probe},
+        "resources": _resources(db),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": PROXY_UID,
+            "runAsGroup": PROXY_UID,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [
+            {"name": "config", "mountPath": str(CONFIG_DIR), "readOnly": True},
+            {"name": "tls", "mountPath": str(TLS_DIR), "readOnly": True},
+            {"name": "access", "mountPath": str(ACCESS_DIR), "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir for the runtime
+        ],
+    }
+    spread = [
+        {
+            "maxSkew": 1,
+            "topologyKey": key,
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector},
+        }
+        for key in ("kubernetes.io/hostname", "topology.kubernetes.io/zone")
+    ]
+    pod_labels = db.labels_for("proxy")
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(db, db.child_name, "proxy"),
+        "spec": {
+            "replicas": db.replicas,
+            "selector": {"matchLabels": selector},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+            },
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {CONFIG_HASH: config_hash_value},
+                },
+                "spec": {
+                    "serviceAccountName": db.service_account_name(),
+                    "automountServiceAccountToken": True,
+                    "terminationGracePeriodSeconds": 40,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": PROXY_UID,
+                        "runAsGroup": PROXY_UID,
+                        "fsGroup": PROXY_UID,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "topologySpreadConstraints": spread,
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "config", "configMap": {"name": db.child_name}},
+                        {"name": "tls", "secret": {"secretName": db.tls_secret_name}},
+                        {"name": "access", "secret": {"secretName": db.access_secret_name}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "16Mi"}},
+                    ],
+                },
+            },
+        },
+    }
+
+
+def service(db: Database) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(db, db.name, "proxy"),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": db.selector(),
+            "ports": [
+                {
+                    "name": "postgres",
+                    "port": SERVICE_PORT,
+                    "targetPort": "postgres",
+                    "protocol": "TCP",
+                },
+                {
+                    "name": "metrics",
+                    "port": METRICS_PORT,
+                    "targetPort": "metrics",
+                    "protocol": "TCP",
+                },
+            ],
+        },
+    }
+
+
+def pod_disruption_budget(db: Database) -> dict[str, Any] | None:
+    """One proxy may be down for maintenance at a time, when there is more than one."""
+    if db.replicas <= 1:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(db, db.child_name, "proxy"),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": db.selector()}},
+    }
+
+
+# Status
+
+
+def database_status(
+    db: Database, deployment_obj: Mapping[str, Any] | None, problems: list[Problem]
+) -> tuple[dict[str, Any], list[Condition]]:
+    """Status fields and Ready / Progressing / Degraded from the Deployment and the problems."""
+    try:
+        replicas = db.replicas
+    except InvalidSpec:
+        replicas = DEFAULT_REPLICAS
+    dep_status: Mapping[str, Any] = {}
+    dep_generation = None
+    if deployment_obj:
+        s = deployment_obj.get("status")
+        dep_status = s if isinstance(s, Mapping) else {}
+        dep_generation = (deployment_obj.get("metadata") or {}).get("generation")
+    ready = int(dep_status.get("readyReplicas") or 0)
+    updated = int(dep_status.get("updatedReplicas") or 0)
+    observed = dep_generation is not None and dep_status.get("observedGeneration") == dep_generation
+    address = f"{db.name}.{db.namespace}.svc:{SERVICE_PORT}"
+    fields: dict[str, Any] = {
+        "serviceName": db.name,
+        "readyReplicas": ready,
+        "replicas": replicas,
+    }
+
+    if deployment_obj is None:
+        ready_cond = Condition(
+            "Ready",
+            "False",
+            problems[0].reason if problems else "Creating",
+            problems[0].message if problems else "the proxy Deployment is being created",
+        )
+    elif replicas == 0:
+        ready_cond = Condition("Ready", "False", "ScaledToZero", "spec.proxy.replicas is 0")
+    elif ready >= 1:
+        ready_cond = Condition(
+            "Ready", "True", "ProxiesReady", f"serving {address}", event="Normal"
+        )
+    else:
+        ready_cond = Condition(
+            "Ready",
+            "False",
+            "ProxiesNotReady",
+            f"0/{replicas} proxies ready; see kubectl -n {db.namespace} get pods "
+            f"-l {LABEL_INSTANCE}={db.name}",
+        )
+
+    if deployment_obj is not None and (not observed or updated < replicas or ready < replicas):
+        progressing = Condition(
+            "Progressing",
+            "True",
+            "RollingOut",
+            f"{updated}/{replicas} proxies updated, {ready}/{replicas} ready",
+        )
+    elif deployment_obj is None:
+        progressing = Condition("Progressing", "True", "Creating", "creating the proxy Deployment")
+    else:
+        progressing = Condition(
+            "Progressing", "False", "RolloutComplete", f"{replicas} proxies run the current config"
+        )
+
+    stalled = next(
+        (
+            c
+            for c in dep_status.get("conditions") or ()
+            if isinstance(c, Mapping)
+            and c.get("type") == "Progressing"
+            and c.get("reason") == "ProgressDeadlineExceeded"
+        ),
+        None,
+    )
+    if problems:
+        degraded = Condition(
+            "Degraded",
+            "True",
+            problems[0].reason,
+            "; ".join(p.message for p in problems),
+            event="Warning",
+        )
+    elif stalled is not None:
+        degraded = Condition(
+            "Degraded",
+            "True",
+            "ProgressDeadlineExceeded",
+            str(stalled.get("message") or "the proxy rollout is stuck"),
+            event="Warning",
+        )
+    else:
+        degraded = Condition("Degraded", "False", "AsExpected", "no problems found")
+    return fields, [ready_cond, progressing, degraded]
+
+
+# The Token Secret
+
+
+def token_secret(
+    token: Mapping[str, Any], name: str, data: Mapping[str, str | None]
+) -> dict[str, Any]:
+    meta = token.get("metadata") or {}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": name,
+            "namespace": meta.get("namespace"),
+            "labels": {
+                LABEL_NAME: "rdsgate-token",
+                LABEL_INSTANCE: str(meta.get("name")),
+                LABEL_MANAGED_BY: MANAGED_BY,
+                LABEL_TOKEN: str(meta.get("name")),
+            },
+            "ownerReferences": [
+                owner_reference("Token", str(meta.get("name")), str(meta.get("uid")))
+            ],
+        },
+        "type": "Opaque",
+        "data": dict(data),
+    }

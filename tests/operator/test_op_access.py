@@ -1,0 +1,400 @@
+"""Roles + Tokens + Database labels → access bundles, checked with the proxy's own RBAC.
+
+Each bundle is loaded the way the proxy loads it (`parse_access` of the YAML text) and the
+decisions are asked of `rdsgate.proxy.rbac.authorize`, so these tests say what a login
+through a proxy would meet.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+
+from rdsgate.operator import access, pki
+from rdsgate.operator.status import InvalidSpec
+from rdsgate.proxy.access import AccessPolicy, parse_access, secret_digest
+from rdsgate.proxy.rbac import authorize
+
+NS = "shop"
+NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def database(name: str, **labels: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": NS, "labels": labels}, "spec": {}}
+
+
+def role(name: str, **spec: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": NS}, "spec": spec}
+
+
+def token(name: str, *roles: str, created: datetime = NOW, **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "uid": f"uid-{name}",
+            "creationTimestamp": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
+        "spec": {"roles": list(roles), **spec},
+    }
+
+
+APP_RW = role(
+    "app-rw",
+    allow={
+        "databases": {"matchLabels": {"env": "prod"}},
+        "databaseNames": ["orders"],
+        "databaseUsers": ["app", "^app_[a-z]+$"],
+    },
+    deny={"databaseUsers": ["postgres"]},
+    options={"maxConnections": 50, "maxSessionDuration": "8h"},
+)
+EVERYWHERE = role(
+    "everywhere", allow={"databases": {}, "databaseNames": ["*"], "databaseUsers": ["*"]}
+)
+
+
+def compile_(
+    databases: list[dict[str, Any]],
+    roles: list[dict[str, Any]],
+    tokens: list[dict[str, Any]],
+    credentials: Mapping[str, access.Credential] | None = None,
+    now: datetime = NOW,
+) -> access.NamespaceAccess:
+    creds = dict(credentials or {})
+    for t in tokens:
+        creds.setdefault(t["metadata"]["name"], secret_digest(f"secret-of-{t['metadata']['name']}"))
+    return access.compile_namespace(NS, databases, roles, tokens, creds, now)
+
+
+def policy(result: access.NamespaceAccess, db: str) -> AccessPolicy:
+    """The bundle as the proxy loads it from the Secret's file."""
+    return parse_access(yaml.safe_load(access.bundle_yaml(result.bundles[db])))
+
+
+def login(
+    result: access.NamespaceAccess,
+    db: dict[str, Any],
+    token_name: str,
+    user: str,
+    dbname: str,
+    now: datetime = NOW,
+) -> tuple[bool, str]:
+    pol = policy(result, db["metadata"]["name"])
+    grant = pol.grant_for_secret(f"secret-of-{token_name}")
+    if grant is None:
+        return False, "no grant"
+    decision = authorize(pol, grant, db["metadata"]["labels"], user, dbname, now)
+    return decision.allowed, decision.reason
+
+
+def test_a_token_reaches_the_databases_its_roles_select() -> None:
+    prod, dev = database("orders", env="prod"), database("orders-dev", env="dev")
+    result = compile_([prod, dev], [APP_RW], [token("orders-app", "app-rw")])
+    assert login(result, prod, "orders-app", "app", "orders") == (True, "allowed")
+    assert login(result, prod, "orders-app", "app_reports", "orders")[0]
+    assert login(result, prod, "orders-app", "app", "billing")[0] is False
+    assert result.bundles["orders-dev"].grants == []
+    assert result.tokens["orders-app"].databases == ["orders"]
+    assert result.roles["app-rw"].databases == ["orders"]
+
+
+def test_only_the_digest_of_the_secret_is_in_the_bundle() -> None:
+    result = compile_([database("orders", env="prod")], [APP_RW], [token("orders-app", "app-rw")])
+    text = access.bundle_yaml(result.bundles["orders"])
+    assert "secret-of-orders-app" not in text
+    assert secret_digest("secret-of-orders-app") in text
+    assert "shop/orders-app" in text
+
+
+def test_deny_in_one_role_beats_allow_in_another() -> None:
+    prod = database("orders", env="prod")
+    no_postgres = role("no-postgres", deny={"databaseUsers": ["postgres"]})
+    result = compile_([prod], [EVERYWHERE, no_postgres], [token("t", "everywhere", "no-postgres")])
+    assert login(result, prod, "t", "app", "orders")[0]
+    allowed, reason = login(result, prod, "t", "postgres", "orders")
+    assert not allowed
+    assert "no-postgres" in reason
+    assert [r.name for r in result.bundles["orders"].roles] == ["everywhere", "no-postgres"]
+
+
+def test_roles_not_held_by_any_token_stay_out_of_bundles() -> None:
+    result = compile_(
+        [database("orders", env="prod")], [APP_RW, EVERYWHERE], [token("t", "app-rw")]
+    )
+    assert [r.name for r in result.bundles["orders"].roles] == ["app-rw"]
+
+
+def test_a_label_change_reselects_databases() -> None:
+    db = database("orders", env="staging")
+    t = token("orders-app", "app-rw")
+    before = compile_([db], [APP_RW], [t])
+    assert before.bundles["orders"].grants == []
+    assert before.tokens["orders-app"].problems[0].reason == "NoDatabase"
+    relabelled = database("orders", env="prod")
+    after = compile_([relabelled], [APP_RW], [t])
+    assert login(after, relabelled, "orders-app", "app", "orders")[0]
+    assert after.tokens["orders-app"].problems == []
+
+
+def test_an_invalid_role_fails_closed_and_names_the_field() -> None:
+    prod = database("orders", env="prod")
+    broken = role(
+        "broken", allow={"databases": {}, "databaseUsers": ["^app_[$"], "databaseNames": ["*"]}
+    )
+    result = compile_([prod], [EVERYWHERE, broken], [token("t", "everywhere", "broken")])
+    found = result.roles["broken"].compiled
+    assert found.role is None
+    assert found.problems[0].reason == "InvalidSpec"
+    assert found.problems[0].message.startswith(
+        "spec.allow.databaseUsers.0: invalid regular expression"
+    )
+    assert "Traceback" not in found.problems[0].message
+    allowed, reason = login(result, prod, "t", "app", "orders")
+    assert not allowed
+    assert "broken" in reason
+    token_problems = result.tokens["t"].problems
+    assert [p.reason for p in token_problems] == ["RoleInvalid"]
+    assert "Role 'broken' is invalid" in token_problems[0].message
+
+
+def test_an_unknown_role_is_a_problem_but_the_known_roles_still_work() -> None:
+    prod = database("orders", env="prod")
+    result = compile_([prod], [EVERYWHERE], [token("t", "everywhere", "typo")])
+    assert login(result, prod, "t", "app", "orders")[0]
+    problems = result.tokens["t"].problems
+    assert [p.reason for p in problems] == ["ReferenceNotFound"]
+    assert problems[0].message == (
+        "Role 'typo' does not exist in namespace 'shop': create it or remove it from spec.roles"
+    )
+
+
+def test_a_token_with_only_unknown_roles_reaches_nothing() -> None:
+    result = compile_([database("orders", env="prod")], [], [token("t", "ghost")])
+    assert result.bundles["orders"].grants == []
+    assert result.tokens["t"].databases == []
+
+
+def test_an_expired_grant_leaves_every_bundle() -> None:
+    prod = database("orders", env="prod")
+    t = token("t", "everywhere", created=NOW - timedelta(seconds=10), ttl="3s")
+    result = compile_([prod], [EVERYWHERE], [t])
+    assert result.bundles["orders"].grants == []
+    found = result.tokens["t"]
+    assert found.expired
+    assert found.expires_at == NOW - timedelta(seconds=7)
+    fields, conditions = access.token_status(found)
+    assert fields["expiresAt"] == "2026-03-01T11:59:53Z"
+    assert {c.type: (c.status, c.reason) for c in conditions} == {
+        "Ready": ("False", "Expired"),
+        "Expired": ("True", "TTLElapsed"),
+    }
+
+
+def test_a_live_grant_carries_its_expiry_to_the_proxy() -> None:
+    prod = database("orders", env="prod")
+    result = compile_([prod], [EVERYWHERE], [token("t", "everywhere", ttl="1h")])
+    grant = result.bundles["orders"].grants[0]
+    assert grant.expires_at == NOW + timedelta(hours=1)
+    assert login(result, prod, "t", "app", "x")[0]
+    assert not login(result, prod, "t", "app", "x", now=NOW + timedelta(hours=1))[0]
+
+
+def test_expiry_is_set_once_from_the_status() -> None:
+    t = token("t", "r", ttl="1h")
+    t["status"] = {"expiresAt": "2026-03-01T12:30:00Z"}
+    t["spec"]["ttl"] = "10h"
+    assert access.token_expiry(t, NOW) == datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
+
+
+def test_a_bad_ttl_is_a_spec_problem() -> None:
+    with pytest.raises(InvalidSpec, match=r"spec\.ttl: invalid duration"):
+        access.token_expiry(token("t", "r", ttl="soon"), NOW)
+    result = compile_([], [], [token("t", "r", ttl="soon")])
+    assert "spec.ttl" in result.tokens["t"].problems[0].message
+
+
+def test_a_service_account_subject_has_no_secret() -> None:
+    prod = database("orders", env="prod")
+    t = token("web-sa", "everywhere", subject={"serviceAccount": {"name": "web"}})
+    result = access.compile_namespace(NS, [prod], [EVERYWHERE], [t], {}, NOW)
+    grant = result.bundles["orders"].grants[0]
+    assert grant.secret_sha256 is None
+    assert grant.service_account is not None
+    assert (grant.service_account.namespace, grant.service_account.name) == ("shop", "web")
+    assert result.tokens["web-sa"].secret_name is None
+    assert result.tokens["web-sa"].subject == "serviceaccount:shop/web"
+    pol = policy(result, "orders")
+    assert pol.by_service_account[("shop", "web")].identity == "shop/web-sa"
+
+
+def test_a_secret_conflict_keeps_the_grant_out() -> None:
+    from rdsgate.operator.status import SecretConflict
+
+    prod = database("orders", env="prod")
+    conflict = SecretConflict("Secret 'x' already exists")
+    result = compile_([prod], [EVERYWHERE], [token("t", "everywhere")], {"t": conflict})
+    assert result.bundles["orders"].grants == []
+    assert result.tokens["t"].problems == [conflict]
+
+
+def test_a_database_reference_must_exist() -> None:
+    result = compile_(
+        [database("orders", env="prod")], [EVERYWHERE], [token("t", "everywhere", database="order")]
+    )
+    assert result.tokens["t"].problems[0].reason == "ReferenceNotFound"
+    assert "spec.database: Database order does not exist" in result.tokens["t"].problems[0].message
+
+
+def test_objects_being_deleted_are_left_out() -> None:
+    prod = database("orders", env="prod")
+    going = token("going", "everywhere")
+    going["metadata"]["deletionTimestamp"] = "2026-03-01T00:00:00Z"
+    result = compile_([prod], [EVERYWHERE], [going, token("staying", "everywhere")])
+    assert [g.identity for g in result.bundles["orders"].grants] == ["shop/staying"]
+
+
+def test_bundles_are_deterministic() -> None:
+    dbs = [database("orders", env="prod")]
+    tokens = [token(n, "everywhere") for n in ("c", "a", "b")]
+    one = access.bundle_yaml(compile_(dbs, [EVERYWHERE], tokens).bundles["orders"])
+    two = access.bundle_yaml(compile_(dbs, [EVERYWHERE], list(reversed(tokens))).bundles["orders"])
+    assert one == two
+    assert [g["identity"] for g in yaml.safe_load(one)["grants"]] == ["shop/a", "shop/b", "shop/c"]
+
+
+def test_role_status_summarises_allow_and_deny() -> None:
+    result = compile_([database("orders", env="prod")], [APP_RW], [])
+    fields, conditions = access.role_status(result.roles["app-rw"])
+    assert fields == {
+        "databases": ["orders"],
+        "allow": "users app,^app_[a-z]+$ dbs orders on [env=prod]",
+        "deny": "users postgres on [every Database]",
+    }
+    assert conditions[0].status == "True"
+    assert conditions[0].message == "selects 1 Database(s): orders"
+
+
+@pytest.mark.parametrize(
+    ("rule", "allow", "summary"),
+    [
+        ({}, True, "users - dbs - on [no Database]"),
+        ({}, False, "-"),
+        ({"databases": {"matchLabels": {"env": "prod"}}}, False, "everything on [env=prod]"),
+        (
+            {
+                "databases": {
+                    "matchExpressions": [
+                        {"key": "tier", "operator": "In", "values": ["a", "b"]},
+                        {"key": "legacy", "operator": "DoesNotExist"},
+                    ]
+                },
+                "databaseUsers": ["*"],
+                "databaseNames": ["x"],
+            },
+            True,
+            "users * dbs x on [tier in (a,b),!legacy]",
+        ),
+        ({"databases": {}, "databaseNames": ["x"]}, False, "dbs x on [all]"),
+    ],
+)
+def test_rule_summaries(rule: dict[str, Any], allow: bool, summary: str) -> None:
+    compiled = access.compile_role(role("r", **({"allow": rule} if allow else {"deny": rule})))
+    assert compiled.role is not None
+    assert (
+        access.rule_summary(compiled.role.allow if allow else compiled.role.deny, allow=allow)
+        == summary
+    )
+
+
+def test_an_invalid_role_status_says_what_to_fix() -> None:
+    result = compile_([], [role("r", options={"maxConnections": 0})], [])
+    fields, conditions = access.role_status(result.roles["r"])
+    assert fields["allow"] == "invalid"
+    assert conditions[0].status == "False"
+    assert conditions[0].reason == "InvalidSpec"
+    assert conditions[0].message.startswith("spec.options.maxConnections: Input should be greater")
+    assert conditions[0].event == "Warning"
+
+
+def test_token_status_when_granted() -> None:
+    result = compile_(
+        [database("orders", env="prod")], [EVERYWHERE], [token("t", "everywhere", ttl="1h")]
+    )
+    fields, conditions = access.token_status(result.tokens["t"])
+    assert fields == {
+        "identity": "shop/t",
+        "subject": "secret",
+        "databases": ["orders"],
+        "secretName": "t-rdsgate",
+        "expiresAt": "2026-03-01T13:00:00Z",
+    }
+    assert [(c.type, c.status, c.reason) for c in conditions] == [
+        ("Ready", "True", "Granted"),
+        ("Expired", "False", "NotExpired"),
+    ]
+
+
+# The Token Secret
+
+CA = pki.make_ca()
+CLIENT = pki.issue_client_cert(CA, "shop/orders-app")
+
+
+def decoded(data: Mapping[str, str | None]) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in data.items() if v is not None}
+
+
+def test_token_secret_with_connection_settings() -> None:
+    t = token("orders-app", "app-rw", database="orders", databaseUser="app", databaseName="orders")
+    data = access.token_secret_data(
+        t, namespace=NS, secret="s3cret", ca_pem=CA.cert_pem, client=CLIENT
+    )
+    values = decoded(data)
+    assert values["token"] == values["PGPASSWORD"] == "s3cret"
+    assert values["PGHOST"] == "orders.shop.svc"
+    assert values["PGPORT"] == "5432"
+    assert values["PGUSER"] == "app"
+    assert values["PGDATABASE"] == "orders"
+    assert values["PGSSLMODE"] == "verify-full"
+    assert values["PGSSLROOTCERT"] == "/var/run/secrets/rdsgate/ca.crt"
+    assert values["ca.crt"] == CA.cert_pem.decode()
+    cert = x509.load_pem_x509_certificate(values["tls.crt"].encode())
+    uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert uris.get_values_for_type(x509.UniformResourceIdentifier) == ["rdsgate://shop/orders-app"]
+
+
+def test_token_secret_mount_path() -> None:
+    t = token("t", "r", databaseUser="app", mountPath="/secrets/db/")
+    values = decoded(
+        access.token_secret_data(t, namespace=NS, secret="s", ca_pem=CA.cert_pem, client=CLIENT)
+    )
+    assert values["PGSSLROOTCERT"] == "/secrets/db/ca.crt"
+    assert "PGHOST" not in values
+    assert values["PGUSER"] == "app"
+
+
+def test_token_secret_without_connection_settings_removes_them() -> None:
+    data = access.token_secret_data(
+        token("t", "r"), namespace=NS, secret="s", ca_pem=CA.cert_pem, client=CLIENT
+    )
+    assert set(decoded(data)) == {"token", "ca.crt", "tls.crt", "tls.key"}
+    assert data["PGPASSWORD"] is None
+    assert set(data) == set(access.TOKEN_SECRET_KEYS)
+
+
+def test_new_secrets_are_32_random_bytes() -> None:
+    one, two = access.new_secret(), access.new_secret()
+    assert one != two
+    assert len(base64.urlsafe_b64decode(one + "=")) == 32
+
+
+def test_default_secret_name() -> None:
+    assert access.secret_name(token("orders-app", "r")) == "orders-app-rdsgate"
+    assert access.secret_name(token("orders-app", "r", secretName="db")) == "db"

@@ -1,0 +1,68 @@
+"""When the operator's certificates are kept and when they are issued again."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from rdsgate.operator import ca, pki
+
+CA = pki.make_ca()
+NOW = datetime.now(UTC)
+URI = ["rdsgate://shop/app"]
+
+
+def test_ca_secret_round_trip() -> None:
+    secret = ca.ca_secret("rdsgate", CA)
+    assert secret["metadata"] == {
+        "name": "rdsgate-ca",
+        "namespace": "rdsgate",
+        "labels": {
+            "app.kubernetes.io/name": "rdsgate",
+            "app.kubernetes.io/component": "ca",
+            "app.kubernetes.io/managed-by": "rdsgate-operator",
+        },
+    }
+    assert secret["type"] == "kubernetes.io/tls"
+    assert ca.keypair_from_secret(secret) == CA
+
+
+def test_unusable_secrets_give_no_keypair() -> None:
+    assert ca.keypair_from_secret(None) is None
+    assert ca.keypair_from_secret({"data": {"tls.crt": "not base64!"}}) is None
+    assert (
+        ca.keypair_from_secret({"data": {"tls.crt": ca.b64("x"), "tls.key": ca.b64("y")}}) is None
+    )
+
+
+def test_a_fresh_client_certificate_is_current() -> None:
+    pair = pki.issue_client_cert(CA, "shop/app")
+    assert ca.is_current(pair, CA, NOW, uris=URI)
+    assert not ca.is_current(pair, CA, NOW, uris=["rdsgate://shop/other"])
+    assert not ca.is_current(pair, pki.make_ca("another"), NOW, uris=URI)
+    assert not ca.is_current(None, CA, NOW, uris=URI)
+
+
+def test_renewal_at_two_thirds_of_the_lifetime() -> None:
+    pair = pki.issue_client_cert(CA, "shop/app", days=90)
+    cert = pair.cert
+    life = cert.not_valid_after_utc - cert.not_valid_before_utc
+    at = cert.not_valid_before_utc + life * ca.RENEW_AT
+    assert ca.is_current(pair, CA, at - timedelta(seconds=1), uris=URI)
+    assert not ca.is_current(pair, CA, at + timedelta(seconds=1), uris=URI)
+
+
+def test_a_certificate_capped_at_the_token_expiry_is_not_renewed_before_it() -> None:
+    expires = (NOW + timedelta(seconds=30)).replace(microsecond=0)
+    pair = pki.issue_client_cert(CA, "shop/app", not_after=expires)
+    assert ca.is_current(pair, CA, NOW + timedelta(seconds=25), uris=URI, not_after=expires)
+    assert not ca.is_current(pair, CA, expires, uris=URI, not_after=expires)
+    longer = pki.issue_client_cert(CA, "shop/app", days=90)
+    assert not ca.is_current(longer, CA, NOW, uris=URI, not_after=expires)
+
+
+def test_signed_by_checks_the_signature_not_just_the_name() -> None:
+    impostor = pki.make_ca("rdsgate CA")
+    pair = pki.issue_client_cert(impostor, "shop/app")
+    assert pair.cert.issuer == CA.cert.subject
+    assert not ca.signed_by(pair.cert, CA)
+    assert ca.signed_by(pki.issue_client_cert(CA, "shop/app").cert, CA)
