@@ -24,6 +24,10 @@ AUDIENCE = "rdsgate"
 CACHE_SECONDS = 30.0
 CACHE_ENTRIES = 10_000
 SA_PREFIX = "system:serviceaccount:"
+AUDIENCE_HINT = (
+    "use a projected ServiceAccount token with `audience: rdsgate` "
+    "(serviceAccountToken.audience in the pod's projected volume)"
+)
 
 
 def looks_like_jwt(password: str) -> bool:
@@ -114,7 +118,7 @@ class TokenReviewer:
             raise AuthenticationFailed(
                 f"ServiceAccount token rejected by the Kubernetes API: {why}",
                 reason="serviceaccount_rejected",
-                hint="mount a projected ServiceAccount token with audience rdsgate",
+                hint=AUDIENCE_HINT,
             )
         audiences = status.get("audiences") or []
         if AUDIENCE not in audiences:
@@ -122,8 +126,7 @@ class TokenReviewer:
                 f"ServiceAccount token is not for audience {AUDIENCE!r} "
                 f"(it is for {', '.join(audiences) or 'the API server'})",
                 reason="serviceaccount_audience",
-                hint="project the token with `audience: rdsgate` "
-                "(serviceAccountToken.audience in the pod's volume)",
+                hint=AUDIENCE_HINT,
             )
         username = str((status.get("user") or {}).get("username") or "")
         if not username.startswith(SA_PREFIX) or username.count(":") != 3:
