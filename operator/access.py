@@ -519,3 +519,17 @@ def token_secret_data(
         if dbname:
             values["PGDATABASE"] = str(dbname)
     return {key: (b64(values[key]) if key in values else None) for key in TOKEN_SECRET_KEYS}
+
+
+def tokenreview_subjects(
+    current: Any, namespace: str, service_accounts: list[str]
+) -> list[dict[str, str]]:
+    """The binding's subjects with this namespace's entries replaced by these accounts."""
+    kept = [
+        dict(s)
+        for s in (current if isinstance(current, list) else [])
+        if isinstance(s, Mapping)
+        and not (s.get("kind") == "ServiceAccount" and s.get("namespace") == namespace)
+    ]
+    ours = [{"kind": "ServiceAccount", "name": n, "namespace": namespace} for n in service_accounts]
+    return sorted(kept + ours, key=lambda s: (s.get("namespace", ""), s.get("name", "")))

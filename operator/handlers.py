@@ -17,8 +17,10 @@ objects nor pile up.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,14 +32,16 @@ import kopf
 
 from rdsgate.proxy.access import secret_digest
 
-from . import access, pki, render
+from . import access, diagnosis, pki, render
 from .ca import CA_SECRET_NAME, ca_secret, is_current, keypair_from_secret, secret_bytes
 from .kube import (
     CERTIFICATE,
+    CLUSTER_ROLE_BINDING,
     CONFIG_MAP,
     DATABASE,
     DEPLOYMENT,
     PDB,
+    POD,
     ROLE,
     SECRET,
     SERVICE,
@@ -66,6 +70,7 @@ log = logging.getLogger(__name__)
 
 CLIENT_CERT_DAYS = 90
 RETRY_DELAY = 10.0
+DIAGNOSE_TIMEOUT = 3.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,11 @@ class Config:
     namespaces: tuple[str, ...] = ()
     cluster_domain: str = "cluster.local"
     resync_interval: float = 300.0
+    #: How often the proxies' diagnostics are collected into Database conditions.
+    diagnose_interval: float = 60.0
+    #: The ClusterRoleBinding (granting TokenReview) whose subjects are the proxies'
+    #: ServiceAccounts; None leaves ServiceAccount-token log-ins to whoever grants it.
+    tokenreview_binding: str | None = None
 
 
 def utcnow() -> datetime:
@@ -321,6 +331,74 @@ class Reconciler:
         written: Mapping[str, Any] = desired["data"]
         return written
 
+    # What the proxies report
+
+    def diagnose_database(self, namespace: str, name: str) -> None:
+        """Folds the ready proxy pods' /diagnose findings into the Database's conditions."""
+        obj = self.kube.get(DATABASE, namespace, name)
+        if obj is None or _meta(obj).get("deletionTimestamp"):
+            return
+        db = render.Database(obj)
+        reports: dict[str, diagnosis.Report] = {}
+        for pod in self.kube.list(POD, namespace, db.selector()):
+            address = _pod_metrics_address(pod)
+            if address is not None:
+                reports[str(_meta(pod).get("name"))] = _fetch_diagnosis(address)
+        wanted = diagnosis.diagnosis_conditions(reports)
+        status = obj.get("status") if isinstance(obj.get("status"), Mapping) else {}
+        current = (status or {}).get("conditions")
+        generation = _meta(obj).get("generation")
+        merged = merge_conditions(
+            current,
+            wanted,
+            generation=generation if isinstance(generation, int) else None,
+            now=utcnow(),
+        )
+        self.kube.patch_status(obj, {"conditions": merged})
+        for event in diagnosis.diagnosis_events(current, wanted):
+            self.kube.post_event(obj, event)
+
+    def sync_tokenreview_subjects(self, namespace: str) -> None:
+        """Keeps this namespace's proxy ServiceAccounts, and only them, in the TokenReview
+        ClusterRoleBinding (level-based: recomputed from the Databases that exist)."""
+        binding_name = self.config.tokenreview_binding
+        if not binding_name:
+            return
+        wanted = sorted(
+            {
+                render.Database(db).service_account_name()
+                for db in self.kube.list(DATABASE, namespace)
+                if not _meta(db).get("deletionTimestamp")
+            }
+        )
+        for _ in range(5):
+            binding = self.kube.get(CLUSTER_ROLE_BINDING, "", binding_name)
+            if binding is None:
+                log.warning(
+                    "ClusterRoleBinding %s does not exist: proxies cannot check ServiceAccount "
+                    "tokens (install the Helm chart, or create it granting tokenreviews create)",
+                    binding_name,
+                )
+                return
+            subjects = access.tokenreview_subjects(binding.get("subjects"), namespace, wanted)
+            if subjects == (binding.get("subjects") or []):
+                return
+            try:
+                self.kube.patch(
+                    CLUSTER_ROLE_BINDING,
+                    "",
+                    binding_name,
+                    {
+                        "metadata": {"resourceVersion": _meta(binding).get("resourceVersion")},
+                        "subjects": subjects,
+                    },
+                )
+                return
+            except KubeError as exc:
+                if exc.status != 409:
+                    raise
+        raise Retry(f"ClusterRoleBinding {binding_name} kept changing under the operator")
+
     # Access: Roles, Tokens, access Secrets
 
     def sync_access(self, namespace: str) -> None:
@@ -435,6 +513,39 @@ MANAGED = {render.LABEL_MANAGED_BY: render.MANAGED_BY}
 WATCHED_CHILDREN = (DEPLOYMENT, SERVICE, CONFIG_MAP, SECRET)
 
 
+def _pod_metrics_address(pod: Mapping[str, Any]) -> tuple[str, int] | None:
+    """Where a ready proxy pod serves its metrics port (the container port named metrics)."""
+    if _meta(pod).get("deletionTimestamp"):
+        return None
+    status = pod.get("status") if isinstance(pod.get("status"), Mapping) else {}
+    ip = (status or {}).get("podIP")
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (status or {}).get("conditions") or []
+    )
+    if not ip or not ready:
+        return None
+    spec = pod.get("spec") if isinstance(pod.get("spec"), Mapping) else {}
+    for container in (spec or {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("name") == "metrics":
+                return str(ip), int(port["containerPort"])
+    return str(ip), render.METRICS_PORT
+
+
+def _fetch_diagnosis(address: tuple[str, int]) -> diagnosis.Report:
+    host, port = address
+    host = f"[{host}]" if ":" in host else host
+    try:
+        with urllib.request.urlopen(
+            f"http://{host}:{port}/diagnose", timeout=DIAGNOSE_TIMEOUT
+        ) as resp:
+            findings = json.loads(resp.read()).get("findings")
+    except (OSError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return findings if isinstance(findings, list) else "no findings in the answer"
+
+
 def _ns(namespace: str | None) -> str:
     """All three resources are namespaced; kopf types the namespace as optional."""
     return namespace or "default"
@@ -496,6 +607,17 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     @kopf.on.update(*DB_RESOURCE, registry=registry)
     def database_changed(namespace: str | None, name: str, **_: Any) -> None:
         _retrying(lambda: runtime.get().reconcile_database(_ns(namespace), name))
+        _retrying(lambda: runtime.get().sync_tokenreview_subjects(_ns(namespace)))
+
+    @kopf.timer(
+        *DB_RESOURCE,
+        interval=config.diagnose_interval,
+        initial_delay=min(5.0, config.diagnose_interval),
+        registry=registry,
+    )
+    def database_diagnosis(namespace: str | None, name: str, **_: Any) -> None:
+        """The proxies' own diagnostics become the Database's credential/upstream conditions."""
+        _logged(lambda: runtime.get().diagnose_database(_ns(namespace), name))
 
     @kopf.timer(
         *DB_RESOURCE,
@@ -511,6 +633,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     def database_gone(type: str | None, namespace: str | None, **_: Any) -> None:
         if type == "DELETED":
             _logged(lambda: runtime.get().sync_access(_ns(namespace)))
+            _logged(lambda: runtime.get().sync_tokenreview_subjects(_ns(namespace)))
 
     for kind in WATCHED_CHILDREN:
 

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import quote
 
 import kubernetes
 from kubernetes.client import ApiClient
@@ -38,6 +39,7 @@ class Kind:
     version: str
     plural: str
     kind: str
+    namespaced: bool = True
 
     @property
     def api_version(self) -> str:
@@ -45,7 +47,11 @@ class Kind:
 
     def path(self, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
         root = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        path = f"{root}/namespaces/{namespace}/{self.plural}"
+        path = (
+            f"{root}/namespaces/{namespace}/{self.plural}"
+            if self.namespaced
+            else (f"{root}/{self.plural}")
+        )
         if name is not None:
             path += f"/{name}"
         if subresource is not None:
@@ -64,6 +70,10 @@ EVENT = Kind("", "v1", "events", "Event")
 DEPLOYMENT = Kind("apps", "v1", "deployments", "Deployment")
 PDB = Kind("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
 CERTIFICATE = Kind("cert-manager.io", "v1", "certificates", "Certificate")
+POD = Kind("", "v1", "pods", "Pod")
+CLUSTER_ROLE_BINDING = Kind(
+    "rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", False
+)
 
 KINDS = {
     (k.api_version, k.kind): k
@@ -79,6 +89,8 @@ KINDS = {
         DEPLOYMENT,
         PDB,
         CERTIFICATE,
+        POD,
+        CLUSTER_ROLE_BINDING,
     )
 }
 
@@ -216,8 +228,13 @@ class Kube:
             raise
         return obj
 
-    def list(self, kind: Kind, namespace: str) -> list[dict[str, Any]]:
-        result = self._call("GET", kind.path(namespace), f"list {kind.plural} in {namespace}")
+    def list(
+        self, kind: Kind, namespace: str, selector: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        path = kind.path(namespace)
+        if selector:
+            path += "?labelSelector=" + quote(",".join(f"{k}={v}" for k, v in selector.items()))
+        result = self._call("GET", path, f"list {kind.plural} in {namespace}")
         items = (result or {}).get("items") or []
         for item in items:  # lists omit these per item
             item.setdefault("apiVersion", kind.api_version)

@@ -94,6 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between full reconciles of each Database (default %(default)s)",
     )
     parser.add_argument(
+        "--diagnose-interval",
+        type=float,
+        default=float(env("RDSGATE_DIAGNOSE_INTERVAL") or 60),
+        help="seconds between collecting the proxies' diagnostics into Database conditions "
+        "(env RDSGATE_DIAGNOSE_INTERVAL; default %(default)s)",
+    )
+    parser.add_argument(
+        "--proxy-tokenreview-binding",
+        default=env("RDSGATE_PROXY_TOKENREVIEW_BINDING") or None,
+        metavar="NAME",
+        help="a ClusterRoleBinding granting tokenreviews create, whose subjects the operator "
+        "keeps equal to the proxies' ServiceAccounts so they can check ServiceAccount tokens "
+        "(env RDSGATE_PROXY_TOKENREVIEW_BINDING; the Helm chart creates and names it)",
+    )
+    parser.add_argument(
         "--liveness",
         default=env("RDSGATE_LIVENESS") or None,
         metavar="URL",
@@ -113,6 +128,8 @@ def parse_config(args: argparse.Namespace) -> Config:
         namespaces=tuple(dict.fromkeys(namespaces)),
         cluster_domain=args.cluster_domain,
         resync_interval=args.resync_interval,
+        diagnose_interval=args.diagnose_interval,
+        tokenreview_binding=args.proxy_tokenreview_binding,
     )
 
 

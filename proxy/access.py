@@ -51,6 +51,11 @@ class NamePattern:
         else:
             self._exact = text
 
+    @property
+    def exact(self) -> str | None:
+        """The one name this pattern matches, when it is not a glob or a regex."""
+        return self._exact
+
     def matches(self, value: str) -> bool:
         if self._exact is not None:
             return value == self._exact
@@ -222,6 +227,18 @@ class AccessPolicy:
             ),
             digest=digest,
         )
+
+    def sample_login(self, labels: Mapping[str, str]) -> tuple[str, str] | None:
+        """A database user and name some role allows here by exact name, to test a log-in with."""
+        for role in self.file.roles:
+            allow = role.allow
+            if allow.databases is None or not allow.databases.matches(labels):
+                continue
+            users = [p.exact for p in allow.database_users if p.exact]
+            names = [p.exact for p in allow.database_names if p.exact]
+            if users and names:
+                return users[0], names[0]
+        return None
 
     def current(self, grant: Grant) -> Grant | None:
         """This policy's version of a grant from an earlier one (same Token or subject)."""

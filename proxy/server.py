@@ -306,7 +306,12 @@ class Server:
         """
         reported: set[tuple[str, str]] = set()
         while True:
-            findings = await run_startup_checks_async(self.config)
+            login = self.policy.sample_login(self.labels) if self.policy else None
+            findings = await run_startup_checks_async(
+                self.config,
+                db_users=[login[0]] if login else [],
+                db_name=login[1] if login else "postgres",
+            )
             self.health.diagnosis = [f.to_dict() for f in findings]
             now_failing = {(f.check, f.reason) for f in findings if f.status is Status.FAIL}
             for f in findings:

@@ -1,0 +1,106 @@
+"""What the proxies' own diagnostics say, as Database conditions (pure).
+
+Each proxy pod runs `rdsgate diagnose`'s checks with its own AWS identity and serves the
+latest findings on its metrics port at `/diagnose`; the operator collects them from the
+ready pods of a Database and folds them into the conditions `CredentialsAvailable`,
+`UpstreamReachable`, `UpstreamAuthenticated` and `TargetsHealthy`. Across pods the worst
+answer wins (False over Unknown over True), naming the pod it came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rdsgate.proxy.diagnose import CONDITION_CHECKS, Finding, Status, conditions
+
+from .status import Condition, ConditionStatus, EventSpec, EventType
+
+CONDITION_TYPES: tuple[str, ...] = tuple(CONDITION_CHECKS)
+_RANK: dict[str, int] = {"False": 0, "Unknown": 1, "True": 2}
+
+#: A pod's report: its findings as /diagnose serves them, or why they could not be read.
+Report = Sequence[Mapping[str, Any]] | str
+
+
+def _finding(doc: Mapping[str, Any]) -> Finding:
+    return Finding(
+        check=str(doc.get("check", "")),
+        status=Status(str(doc.get("status", "skip"))),
+        summary=str(doc.get("summary", "")),
+        reason=str(doc.get("reason", "")),
+        evidence=dict(doc.get("evidence") or {}),
+        fix=doc.get("fix"),
+    )
+
+
+def _status(value: str) -> ConditionStatus:
+    if value == "True":
+        return "True"
+    if value == "False":
+        return "False"
+    return "Unknown"
+
+
+def diagnosis_conditions(reports: Mapping[str, Report]) -> list[Condition]:
+    """One condition per type from every pod's report (pod name → findings or an error)."""
+    if not reports:
+        return [
+            Condition(t, "Unknown", "NoProxyPods", "no ready proxy pod has reported yet")
+            for t in CONDITION_TYPES
+        ]
+    per_type: dict[str, tuple[int, str, dict[str, str]]] = {}
+    for pod, report in sorted(reports.items()):
+        if isinstance(report, str):
+            found = [
+                {
+                    "type": t,
+                    "status": "Unknown",
+                    "reason": "DiagnosisUnavailable",
+                    "message": f"cannot read the diagnostics of this pod: {report}",
+                }
+                for t in CONDITION_TYPES
+            ]
+        else:
+            try:
+                found = conditions([_finding(doc) for doc in report])
+            except ValueError as exc:
+                found = [
+                    {
+                        "type": t,
+                        "status": "Unknown",
+                        "reason": "DiagnosisUnreadable",
+                        "message": f"the pod's diagnostics are not in the expected form: {exc}",
+                    }
+                    for t in CONDITION_TYPES
+                ]
+        for cond in found:
+            rank = _RANK.get(cond["status"], 1)
+            best = per_type.get(cond["type"])
+            if best is None or rank < best[0]:
+                per_type[cond["type"]] = (rank, pod, cond)
+    out = []
+    for ctype in CONDITION_TYPES:
+        _, pod, cond = per_type[ctype]
+        message = cond["message"]
+        if len(reports) > 1:
+            message = f"pod {pod}: {message}"
+        out.append(Condition(ctype, _status(cond["status"]), cond["reason"], message))
+    return out
+
+
+def diagnosis_events(
+    current: Sequence[Mapping[str, Any]] | None, wanted: Sequence[Condition]
+) -> list[EventSpec]:
+    """An Event when a condition's status or reason changes (not on every new timing)."""
+    by_type = {c.get("type"): c for c in current or () if isinstance(c, Mapping)}
+    events = []
+    for cond in wanted:
+        old = by_type.get(cond.type)
+        if old is not None and (old.get("status"), old.get("reason")) == (cond.status, cond.reason):
+            continue
+        if old is None and cond.status == "Unknown":
+            continue
+        kind: EventType = "Warning" if cond.status == "False" else "Normal"
+        events.append(EventSpec(kind, cond.reason, f"{cond.type}={cond.status}: {cond.message}"))
+    return events
