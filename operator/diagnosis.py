@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rdsgate.proxy.diagnose import CONDITION_CHECKS, Finding, Status, conditions
+from rdsgate.proxy.diagnose import CONDITION_CHECKS, Finding, conditions
 
 from .status import Condition, ConditionStatus, EventSpec, EventType
 
@@ -21,17 +21,6 @@ _RANK: dict[str, int] = {"False": 0, "Unknown": 1, "True": 2}
 
 #: A pod's report: its findings as /diagnose serves them, or why they could not be read.
 Report = Sequence[Mapping[str, Any]] | str
-
-
-def _finding(doc: Mapping[str, Any]) -> Finding:
-    return Finding(
-        check=str(doc.get("check", "")),
-        status=Status(str(doc.get("status", "skip"))),
-        summary=str(doc.get("summary", "")),
-        reason=str(doc.get("reason", "")),
-        evidence=dict(doc.get("evidence") or {}),
-        fix=doc.get("fix"),
-    )
 
 
 def _status(value: str) -> ConditionStatus:
@@ -63,7 +52,7 @@ def diagnosis_conditions(reports: Mapping[str, Report]) -> list[Condition]:
             ]
         else:
             try:
-                found = conditions([_finding(doc) for doc in report])
+                found = conditions([Finding.from_dict(doc) for doc in report])
             except ValueError as exc:
                 found = [
                     {

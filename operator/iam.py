@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from rdsgate.proxy.diagnose import (
+from rdsgate.proxy.diagnose.policies import (
     INLINE_LIMITS,
     MANAGED_PER_PRINCIPAL,
     MANAGED_POLICY_LIMIT,

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from rdsgate.proxy.access import LabelSelector
 from rdsgate.proxy.config import load_config
 from rdsgate.proxy.diagnose import (
     CHECKS,
@@ -77,8 +78,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _selector_matches(selector: Any, labels: Mapping[str, str]) -> bool:
-    from rdsgate.proxy.access import LabelSelector
-
+    """A Role's `databases` selector as the proxy's rbac reads it: omitted matches none."""
     if selector is None:
         return False
     return LabelSelector.model_validate(selector).matches(labels)

@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from rdsgate.lab.aws import AwsLab, policy_document
-from rdsgate.proxy.diagnose import policy_size
+from rdsgate.proxy.diagnose.policies import policy_size
 from tests.diagnose.conftest import Cli
 
 PRX = "prx-0123456789abcdef0"

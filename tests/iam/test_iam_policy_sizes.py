@@ -18,7 +18,7 @@ from rdsgate.operator.iam import (
     resources_for,
     suggest_prefixes,
 )
-from rdsgate.proxy.diagnose import policy_size
+from rdsgate.proxy.diagnose.policies import policy_size
 
 REF = ProxyRef("eu-west-1", "123456789012", "prx-0123456789abcdef0")
 
