@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import wire
 from .access import utcnow
+from .audit import encode_fields
 from .auth import (
     Identity,
     authenticate_certificate,
@@ -75,6 +76,7 @@ class Session:
         self.upstream_key: tuple[int, bytes] | None = None
         self.seen_activity = 0
         self.counted = (0, 0)
+        self._audit_fields: str | None = None
         self.idle_since = time.monotonic()
 
     # ------------------------------------------------------------------------------------
@@ -110,12 +112,11 @@ class Session:
     def audit_statements(self, statements: list[wire.Statement]) -> None:
         if not self.audit_queries:
             return
-        base = self.fields()
+        if self._audit_fields is None:
+            self._audit_fields = encode_fields(self.fields())
+        query = self.server.audit.query
         for st in statements:
-            fields = dict(base, kind=st.kind, sql=st.sql)
-            if st.truncated:
-                fields["truncated"] = True
-            self.server.audit.emit("session.query", fields)
+            query(self._audit_fields, st.kind, st.sql, st.truncated)
 
     # ------------------------------------------------------------------------------------
     # start-up

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .errors import ProtocolViolation
 
@@ -340,9 +341,11 @@ def query(sql: str) -> bytes:
 # Relay-time scanning of the frontend stream
 
 
-@dataclass(frozen=True, slots=True)
-class Statement:
-    """SQL the client sent: `kind` is "query" (simple Q) or "parse" (extended P)."""
+class Statement(NamedTuple):
+    """SQL the client sent: `kind` is "query" (simple Q) or "parse" (extended P).
+
+    A tuple, not a dataclass: one is made per statement on the data path.
+    """
 
     kind: str
     sql: str

@@ -170,8 +170,8 @@ def test_audit_trail_of_a_session(proxy: RunningProxy) -> None:
     mark = len(proxy.audit)
     with psycopg.connect(proxy.dsn(application_name="audited")) as conn:
         conn.execute("select 'audit me'")
-    start = proxy.wait_audit("session.start", start=mark)
     query = proxy.wait_audit("session.query", lambda e: "audit me" in e["sql"], start=mark)
+    start = proxy.wait_audit("session.start", lambda e: e["session_id"] == query["session_id"])
     end = proxy.wait_audit(
         "session.end", lambda e: e["session_id"] == start["session_id"], start=mark
     )

@@ -149,7 +149,9 @@ def test_a_service_account_token_is_an_identity(
     assert login(sa_proxy, WEB) == "app"
     assert login(sa_proxy, WEB) == "app"
     assert reviews.calls == before + 1, "the second log-in should use the cached review"
-    start = sa_proxy.wait_audit("session.start", start=mark)
+    start = sa_proxy.wait_audit(
+        "session.start", lambda e: e["auth_method"] == "serviceaccount", start=mark
+    )
     assert start["identity"] == "system:serviceaccount:shop:web"
     assert start["auth_method"] == "serviceaccount"
 
