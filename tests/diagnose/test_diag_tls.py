@@ -104,9 +104,9 @@ def test_verified_certificate_passes(
 def test_legacy_common_name_certificate_is_named_with_the_fix(
     cli: Cli, write_config: WriteConfig, ca: pki.KeyPair, ca_file: str, tmp_path: Path
 ) -> None:
-    """Fails when the proxy's own TLS context refuses CN-only certificates, warns when it
-    accepts them (Python, like libpq, falls back to the CN unless told not to)."""
-    proxy_refuses = not upstream_context(UpstreamTLS()).hostname_checks_common_name
+    """The proxy matches names from SANs only (RFC 6125), so a CN-only certificate fails,
+    with the fix; verify-ca is the stopgap that verifies the chain without the name."""
+    assert not upstream_context(UpstreamTLS()).hostname_checks_common_name
     with pg_tls_server(pki.issue_legacy_cn_cert(ca, NAME), tmp_path) as port:
         code, f = _diagnose(cli, write_config, port, {"caFile": ca_file, "serverName": NAME})
         stopgap_code, stopgap = _diagnose(
@@ -117,15 +117,9 @@ def test_legacy_common_name_certificate_is_named_with_the_fix(
         f["summary"]
     )
     assert "--ca-certificate-identifier rds-ca-rsa2048-g1" in str(f["fix"])
-    if proxy_refuses:
-        assert (code, f["status"]) == (1, "fail")
-        assert f"names {NAME} only in its subject CN and has no subjectAltName" in str(f["summary"])
-        assert "tls.mode verify-ca" in str(f["fix"])
-    else:
-        assert (code, f["status"]) == (0, "warn")
-        assert f"has only a legacy Common Name ({NAME}) and no SANs; rdsgate accepts it" in str(
-            f["summary"]
-        )
+    assert (code, f["status"]) == (1, "fail")
+    assert f"names {NAME} only in its subject CN and has no subjectAltName" in str(f["summary"])
+    assert "tls.mode verify-ca" in str(f["fix"])
     assert stopgap_code == 0
     assert stopgap["status"] == "warn"
     assert stopgap["reason"] == "LegacyCommonNameCertificate"
@@ -181,3 +175,4 @@ def test_server_without_tls(cli: Cli, write_config: WriteConfig, tmp_path: Path)
     assert code == 1
     assert f["reason"] == "TLSRefused"
     assert "answered the SSLRequest with 'N', not 'S': it does not accept TLS" in str(f["summary"])
+
