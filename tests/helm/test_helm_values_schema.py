@@ -1,0 +1,124 @@
+"""values.schema.json turns bad values away: `helm template` (and so `helm install`) fails
+and names the value and what is wrong with it, one case per kind of mistake."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.helm.chart import template
+
+SCHEMA_ERROR = "values don't meet the specifications of the schema(s)"
+
+REJECTED: dict[str, tuple[dict[str, Any], str]] = {
+    "bad image pull policy": (
+        {"image": {"pullPolicy": "Sometimes"}},
+        "at '/image/pullPolicy': value must be one of 'Always', 'IfNotPresent', 'Never'",
+    ),
+    "negative replicas": (
+        {"operator": {"replicas": -1}},
+        "at '/operator/replicas': minimum: got -1, want 0",
+    ),
+    "two replicas of a standalone operator": (
+        {"operator": {"replicas": 2}},
+        "at '/operator/replicas': maximum: got 2, want 1",
+    ),
+    "unknown top-level key": (
+        {"operater": {"replicas": 1}},
+        "at '': additional properties 'operater' not allowed",
+    ),
+    "unknown nested key": (
+        {"serviceAccount": {"rolearn": "x"}},
+        "at '/serviceAccount': additional properties 'rolearn' not allowed",
+    ),
+    "bad namespace name": (
+        {"watchNamespaces": ["Team_A"]},
+        "at '/watchNamespaces/0': 'Team_A' does not match pattern",
+    ),
+    "namespace glob": (
+        {"watchNamespaces": ["team-*"]},
+        "at '/watchNamespaces/0': 'team-*' does not match pattern",
+    ),
+    "duplicate namespace": (
+        {"watchNamespaces": ["shop", "shop"]},
+        "at '/watchNamespaces': items at 0 and 1 are equal",
+    ),
+    "bad role ARN": (
+        {"serviceAccount": {"roleArn": "arn:aws:iam::1234:role/rdsgate"}},
+        "at '/serviceAccount/roleArn': 'arn:aws:iam::1234:role/rdsgate' does not match pattern",
+    ),
+    "user ARN instead of a role": (
+        {"serviceAccount": {"roleArn": "arn:aws:iam::123456789012:user/alice"}},
+        "at '/serviceAccount/roleArn': 'arn:aws:iam::123456789012:user/alice' does not match",
+    ),
+    "bad log format": (
+        {"operator": {"logFormat": "xml"}},
+        "at '/operator/logFormat': value must be one of 'json', 'text'",
+    ),
+    "bad digest": (
+        {"image": {"digest": "sha256:1234"}},
+        "at '/image/digest': 'sha256:1234' does not match pattern",
+    ),
+    "tag in the repository": (
+        {"image": {"repository": "ghcr.io/rdsgate/rdsgate:0.1.0"}},
+        "at '/image/repository': 'ghcr.io/rdsgate/rdsgate:0.1.0' does not match pattern",
+    ),
+    "bad resource quantity": (
+        {"operator": {"resources": {"requests": {"cpu": "lots"}}}},
+        "at '/operator/resources/requests/cpu': 'lots' does not match pattern",
+    ),
+    "unknown resource": (
+        {"operator": {"resources": {"requests": {"gpu": 1}}}},
+        "at '/operator/resources/requests': additional properties 'gpu' not allowed",
+    ),
+    "zero resync interval": (
+        {"operator": {"resyncInterval": 0}},
+        "at '/operator/resyncInterval': exclusiveMinimum: got 0, want 0",
+    ),
+    "privileged health port": (
+        {"operator": {"healthPort": 80}},
+        "at '/operator/healthPort': minimum: got 80, want 1,024",
+    ),
+    "string for a boolean": (
+        {"operator": {"verbose": "yes"}},
+        "at '/operator/verbose': got string, want boolean",
+    ),
+    "pull secret as a string": (
+        {"imagePullSecrets": ["regcred"]},
+        "at '/imagePullSecrets/0': got string, want object",
+    ),
+    "bad scrape interval": (
+        {"monitoring": {"podMonitor": {"interval": "30 seconds"}}},
+        "at '/monitoring/podMonitor/interval': '30 seconds' does not match pattern",
+    ),
+    "bad label value": (
+        {"operator": {"podLabels": {"team": "platform team"}}},
+        "at '/operator/podLabels/team': 'platform team' does not match pattern",
+    ),
+    "bad toleration operator": (
+        {"operator": {"tolerations": [{"key": "a", "operator": "Matches"}]}},
+        "at '/operator/tolerations/0/operator': value must be one of 'Exists', 'Equal'",
+    ),
+}
+
+
+@pytest.mark.parametrize(("values", "message"), REJECTED.values(), ids=list(REJECTED))
+def test_the_schema_rejects(values: dict[str, Any], message: str) -> None:
+    done = template(values)
+    assert done.returncode != 0, f"accepted: {values}"
+    assert SCHEMA_ERROR in done.stderr
+    assert message in done.stderr, done.stderr
+    assert done.stdout == ""
+
+
+def test_good_values_pass() -> None:
+    done = template(
+        {
+            "watchNamespaces": ["shop", "team-a1"],
+            "serviceAccount": {"roleArn": "arn:aws-cn:iam::123456789012:role/ops/rdsgate"},
+            "image": {"tag": "0.1.0-rc.1", "repository": "localhost:5000/rdsgate"},
+            "operator": {"resyncInterval": 0.5, "resources": {"limits": {"cpu": 1}}},
+        }
+    )
+    assert done.returncode == 0, done.stderr
