@@ -175,4 +175,3 @@ def test_server_without_tls(cli: Cli, write_config: WriteConfig, tmp_path: Path)
     assert code == 1
     assert f["reason"] == "TLSRefused"
     assert "answered the SSLRequest with 'N', not 'S': it does not accept TLS" in str(f["summary"])
-
