@@ -34,7 +34,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	@echo "==> mypy"
 	@$(BIN)/mypy -p rdsgate.proxy -p rdsgate.operator -p rdsgate.lab
-	@$(BIN)/mypy tests bench
+	@$(BIN)/mypy tests bench scripts/gen_docs.py
 
 test: $(STAMP) system-deps helm lint typecheck
 	@echo "==> pytest"

@@ -30,14 +30,18 @@ def connect(context: str | None = None, namespace: str | None = None) -> Cluster
 
     path = os.environ.get("KUBECONFIG") or os.path.expanduser(DEFAULT_KUBECONFIG)
     try:
-        api = config.new_client_from_config(config_file=path, context=context)
         contexts, active = config.list_kube_config_contexts(config_file=path)
+        if context is not None:
+            chosen = next((c for c in contexts if c["name"] == context), None)
+            if chosen is None:
+                names = ", ".join(c["name"] for c in contexts) or "none"
+                raise CliError(
+                    f"context {context!r} is not in the kubeconfig ({path}); it has: {names}",
+                    exit_code=2,
+                )
+            active = chosen
+        api = config.new_client_from_config(config_file=path, context=context)
     except (ConfigException, OSError) as exc:
         raise CliError(f"cannot load the kubeconfig ({path}): {exc}", exit_code=2) from exc
-    if context is not None:
-        chosen = next((c for c in contexts if c["name"] == context), None)
-        if chosen is None:
-            raise CliError(f"context {context!r} is not in the kubeconfig ({path})", exit_code=2)
-        active = chosen
     ns = namespace or (active or {}).get("context", {}).get("namespace") or "default"
     return Cluster(api, ns, context or (active or {}).get("name"))

@@ -12,11 +12,13 @@ import sys
 from collections.abc import Callable, Sequence
 
 from rich.console import Console
+from rich.text import Text
 
-from . import demo, diagnose, iam
+from . import db, demo, diagnose, iam
 from .errors import CliError
 
 COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    db.register,
     demo.register,
     diagnose.register,
     iam.register,
@@ -41,7 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except CliError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        # Text, not markup: messages quote patterns like ^app_[a-z]+$ that markup would eat.
+        Console(stderr=True).print(
+            Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True, highlight=False
+        )
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

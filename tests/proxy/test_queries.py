@@ -7,12 +7,15 @@ import hashlib
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import asyncpg
 import psycopg
 import pytest
 
-from tests.fixtures.proxy import RunningProxy
+from rdsgate.proxy import wire
+from tests.fixtures.proxy import APP_SECRET, RunningProxy
+from tests.fixtures.rawpg import RawClient
 
 
 def test_psql_simple_query(proxy: RunningProxy) -> None:
@@ -187,3 +190,34 @@ def test_audit_trail_of_a_session(proxy: RunningProxy) -> None:
     assert end["bytes_in"] > 0
     assert end["bytes_out"] > 0
     assert end["duration_s"] >= 0
+
+
+def test_a_slow_reader_holds_back_the_server_not_the_proxy_memory(proxy: RunningProxy) -> None:
+    """Backpressure: while a client does not read, the proxy stops reading the upstream.
+
+    The client asks for 300 MB and reads nothing for a while; the proxy's memory must stay
+    far below that (without backpressure it would buffer the whole result).
+    """
+
+    def rss_mb() -> float:
+        status = Path(f"/proc/{proxy.process.pid}/status").read_text()
+        kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+        return kb / 1024
+
+    client = RawClient(proxy.port, proxy.ca_file)
+    client.start_tls()
+    assert client.login("app", APP_SECRET).type == b"Z"
+    before = rss_mb()
+    client.send(wire.query("select repeat('x', 1000000) from generate_series(1, 300)"))
+    deadline = time.monotonic() + 3
+    peak = before
+    while time.monotonic() < deadline:
+        peak = max(peak, rss_mb())
+        time.sleep(0.05)
+    assert peak - before < 64, f"proxy grew by {peak - before:.0f} MB while the client stalled"
+    total = 0
+    while (reply := client.read()) is not None and reply.type != b"Z":
+        if reply.type == b"D":
+            total += len(reply.body) - 6  # the field count (2) and the value length (4)
+    client.close()
+    assert total == 300 * 1_000_000

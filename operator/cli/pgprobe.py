@@ -1,0 +1,100 @@
+"""One Postgres log-in through an rdsgate proxy: has it loaded a new Token's grant yet?
+
+The operator writes the grant into the access Secret before it marks the Token Ready, but
+a running proxy sees it only after the kubelet refreshes its Secret volume (up to about a
+minute on a real node) and the proxy re-reads the file. Until then the proxy answers the
+new password with 28P01 "... not a current rdsgate Token secret". `db connect` logs in
+once the way psql will (TLS verify-full against the Token's CA for the Service name,
+password auth) and retries on exactly that answer, so that psql, or a script using
+`--print-env`, does not meet it. Speaks the protocol with the proxy's own `wire` module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from rdsgate.proxy import wire
+from rdsgate.proxy.errors import ProtocolViolation
+
+APPLICATION_NAME = "rdsgate-cli"
+#: What the proxy's password check says of a secret it does not know (yet).
+_NOT_LOADED = "not a current rdsgate Token secret"
+
+
+@dataclass(frozen=True)
+class Probe:
+    ok: bool
+    sqlstate: str | None = None
+    message: str = ""
+    tls_error: bool = False  # the proxy's certificate did not verify: waiting will not help
+
+    @property
+    def grant_not_loaded(self) -> bool:
+        return self.sqlstate == "28P01" and _NOT_LOADED in self.message
+
+    @property
+    def unreachable(self) -> bool:
+        return not self.ok and self.sqlstate is None and not self.tls_error
+
+
+def login(
+    *,
+    address: str,
+    port: int,
+    server_name: str,
+    ca_file: Path,
+    user: str,
+    dbname: str,
+    password: str,
+    timeout: float,
+) -> Probe:
+    """Logs in and out; the outcome, never an exception for network or TLS trouble."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as raw:
+            raw.sendall(wire.ssl_request())
+            answer = raw.recv(1)
+            if answer != b"S":
+                return Probe(False, None, f"{address}:{port} does not offer TLS", tls_error=True)
+            context = ssl.create_default_context(cafile=str(ca_file))
+            with context.wrap_socket(raw, server_hostname=server_name) as tls:
+                return _startup(tls, user, dbname, password)
+    except ssl.SSLCertVerificationError as exc:
+        return Probe(
+            False, None, f"TLS verification of {server_name} failed: {exc.verify_message}", True
+        )
+    except (OSError, ValueError, ProtocolViolation) as exc:
+        return Probe(False, None, f"{address}:{port}: {exc}")
+
+
+def _startup(sock: ssl.SSLSocket, user: str, dbname: str, password: str) -> Probe:
+    sock.sendall(
+        wire.startup_message(
+            {"user": user, "database": dbname, "application_name": APPLICATION_NAME}
+        )
+    )
+    reader = wire.Reader()
+    while True:
+        msg = reader.read_message()
+        if msg is None:
+            data = sock.recv(65536)
+            if not data:
+                return Probe(False, None, "the server closed the connection during log-in")
+            reader.feed(data)
+            continue
+        if msg.type == b"E":
+            fields = wire.parse_fields(msg.body)
+            return Probe(False, fields.get("C", "XX000"), fields.get("M", ""))
+        if msg.type == b"R":
+            code, _ = wire.parse_auth_request(msg.body)
+            if code == wire.AUTH_CLEARTEXT:
+                sock.sendall(wire.password_message(password))
+            elif code == wire.AUTH_OK:
+                with contextlib.suppress(OSError):
+                    sock.sendall(wire.terminate())
+                return Probe(True)
+            else:
+                return Probe(False, None, f"unexpected authentication request {code}")
