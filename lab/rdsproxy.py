@@ -445,33 +445,11 @@ async def _read_startup(reader: asyncio.StreamReader) -> wire.StartupPacket:
     length = int.from_bytes(head, "big", signed=True)
     if length < 8 or length > wire.MAX_STARTUP_PACKET:
         raise ProtocolViolation(f"invalid length of startup packet: {length}")
-    return _parse_startup(await reader.readexactly(length - 4))
-
-
-def _parse_startup(packet: bytes) -> wire.StartupPacket:
-    """A startup packet after its length word (wire.Reader's own parser rejects any parameter)."""
-    code = int.from_bytes(packet[:4], "big")
-    body = packet[4:]
-    if code == wire.SSL_REQUEST_CODE:
-        return wire.SSLRequest()
-    if code == wire.GSSENC_REQUEST_CODE:
-        return wire.GSSENCRequest()
-    if code == wire.CANCEL_REQUEST_CODE:
-        if len(body) < 8:
-            raise ProtocolViolation("invalid CancelRequest packet")
-        return wire.CancelRequest(pid=int.from_bytes(body[:4], "big"), secret=body[4:])
-    if code >> 16 != 3:
-        raise ProtocolViolation(f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}")
-    if not body.endswith(b"\x00"):
-        raise ProtocolViolation("invalid startup packet layout: expected terminator as last byte")
-    parts = body[:-1].split(b"\x00")[:-1] if len(body) > 1 else []
-    if len(parts) % 2:
-        raise ProtocolViolation("invalid startup packet layout: parameter without a value")
-    try:
-        params = {parts[i].decode(): parts[i + 1].decode() for i in range(0, len(parts), 2)}
-    except UnicodeDecodeError as exc:
-        raise ProtocolViolation("invalid startup packet: parameters are not UTF-8") from exc
-    return wire.StartupMessage(version=code, params=params)
+    parser = wire.Reader()
+    parser.feed(head + await reader.readexactly(length - 4))
+    packet = parser.read_startup()
+    assert packet is not None  # the whole packet was fed
+    return packet
 
 
 async def _read_message(reader: asyncio.StreamReader) -> tuple[wire.Message, bytes]:

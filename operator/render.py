@@ -181,6 +181,7 @@ _SPEC_PATHS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("upstream", "endpoint"), "spec.endpoint"),
     (("upstream",), "spec"),
     (("listen", "port"), "spec.proxy.port"),
+    (("metrics", "port"), "spec.proxy.metricsPort"),
     (("limits",), "spec.proxy"),
     (("aws",), "spec.aws"),
     (("audit",), "spec.audit"),
@@ -266,7 +267,7 @@ def proxy_config(db: Database) -> ProxyConfig:
             "idle_timeout": proxy.get("idleTimeout", "30m"),
         },
         "audit": {"queries": audit.get("queries", True)},
-        "metrics": {"port": METRICS_PORT},
+        "metrics": {"port": proxy.get("metricsPort", METRICS_PORT)},
     }
     if data["upstream"]["endpoint"] is None:
         del data["upstream"]["endpoint"]
@@ -417,6 +418,7 @@ def deployment(db: Database, settings: Settings, config_hash_value: str) -> dict
     proxy = db.section("proxy")
     image = str(proxy.get("image") or settings.proxy_image)
     port = int(proxy.get("port", SERVICE_PORT))
+    metrics_port = int(proxy.get("metricsPort", METRICS_PORT))
     selector = db.selector()
     probe = {"periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3}
     container = {
@@ -426,7 +428,7 @@ def deployment(db: Database, settings: Settings, config_hash_value: str) -> dict
         "command": ["rdsgate-proxy", "--config", str(CONFIG_DIR / CONFIG_KEY)],
         "ports": [
             {"name": "postgres", "containerPort": port, "protocol": "TCP"},
-            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": metrics_port, "protocol": "TCP"},
         ],
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, **probe},
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, **probe},

@@ -91,6 +91,12 @@ class SessionTerminated(ProxyError):
     sqlstate = "57P01"
 
 
+class NotReady(ProxyError):
+    """The proxy cannot serve yet (TLS material or access file not loaded)."""
+
+    sqlstate = "57P03"
+
+
 class ConfigError(Exception):
     """A config or access file that cannot be used; `problems` lists each one."""
 

@@ -29,6 +29,7 @@ from .audit import AuditLog
 from .aws import TokenMinter
 from .config import ProxyConfig
 from .diagnose import Status, run_startup_checks_async
+from .durations import format_duration
 from .errors import ConfigError, ProxyError, SessionTerminated
 from .metrics import Health, Metrics
 from .rbac import authorize
@@ -253,8 +254,6 @@ class Server:
                 session.seen_activity = seen
                 session.idle_since = now_m
             elif idle_limit and now_m - session.idle_since >= idle_limit:
-                from .durations import format_duration
-
                 session.terminate(
                     SessionTerminated(
                         "terminating connection due to idle timeout of "

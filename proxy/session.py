@@ -24,9 +24,11 @@ from .auth import (
     authenticate_password,
     authenticate_service_account,
 )
+from .durations import format_duration
 from .errors import (
     AccessDenied,
     AuthenticationFailed,
+    NotReady,
     ProtocolViolation,
     ProxyError,
     SessionTerminated,
@@ -44,10 +46,6 @@ if TYPE_CHECKING:
 #: How long a session being ended waits for the server to be between queries before it is
 #: cut without a goodbye.
 CLOSE_GRACE = 5.0
-
-
-class NotReady(ProxyError):
-    sqlstate = "57P03"
 
 
 class Session:
@@ -315,8 +313,6 @@ class Session:
             cl_leg.data_received(pending_client)
 
     def _duration_reached(self, limit: float) -> None:
-        from .durations import format_duration
-
         self.terminate(
             SessionTerminated(
                 "terminating connection: the maximum session duration of "

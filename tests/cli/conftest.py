@@ -67,7 +67,7 @@ def database(
                 "proxyResourceId": rds_proxy.resource_id,
             },
             "tls": {"mode": "verify-full", "caBundle": ca_pem},
-            "proxy": {"replicas": 1, "port": port},
+            "proxy": {"replicas": 1, "port": port, "metricsPort": free_port()},
         },
     }
 

@@ -173,6 +173,7 @@ def test_defaults_match_what_the_operator_assumes() -> None:
     assert spec["proxy"] == {
         "replicas": 2,
         "port": 5432,
+        "metricsPort": 9187,
         "maxConnections": 1000,
         "idleTimeout": "30m",
     }

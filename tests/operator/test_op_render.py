@@ -197,6 +197,20 @@ def test_config_mounted_in_the_pod_is_what_the_proxy_loads() -> None:
     assert pod["containers"][0]["ports"][1]["containerPort"] == config.metrics.port
 
 
+def test_metrics_port_moves_the_probes_and_what_the_operator_scrapes() -> None:
+    db = make_db(proxy={"metricsPort": 9300})
+    objs = children(db)
+    config = parse_config(yaml.safe_load(by_kind(objs, "ConfigMap")["data"]["config.yaml"]))
+    assert config.metrics.port == 9300
+    container = by_kind(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "metrics", "containerPort": 9300, "protocol": "TCP"} in container["ports"]
+    assert container["readinessProbe"]["httpGet"]["port"] == "metrics"
+    metrics = [p for p in by_kind(objs, "Service")["spec"]["ports"] if p["name"] == "metrics"]
+    assert metrics == [
+        {"name": "metrics", "port": 9187, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+
+
 def test_a_ca_bundle_goes_into_the_config_map() -> None:
     other = pki.make_ca("upstream")
     db = make_db(tls__caBundle=other.cert_pem.decode(), tls__serverName="orders.internal")

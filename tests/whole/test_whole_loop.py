@@ -89,7 +89,7 @@ def world(
                     "proxyResourceId": rds_proxy.resource_id,
                 },
                 "tls": {"mode": "verify-full", "caBundle": lab_ca.cert_file.read_text()},
-                "proxy": {"replicas": 1, "port": port},
+                "proxy": {"replicas": 1, "port": port, "metricsPort": free_port()},
             },
         }
     )
