@@ -53,6 +53,7 @@ from .kube import (
     kind_of,
     owned_by,
 )
+from .metrics import OperatorMetrics
 from .status import (
     ApplyFailed,
     Condition,
@@ -71,6 +72,8 @@ log = logging.getLogger(__name__)
 CLIENT_CERT_DAYS = 90
 RETRY_DELAY = 10.0
 DIAGNOSE_TIMEOUT = 3.0
+#: Metric label of each reconciler's coalescing key.
+_KINDS = {"db": "database", "ns": "access"}
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ class Reconciler:
     kube: Kube
     config: Config
     ca: pki.KeyPair
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     _slots: dict[tuple[str, ...], _Slot] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -139,7 +143,8 @@ class Reconciler:
         with slot.lock:
             with self._guard:
                 slot.queued = False
-            run()
+            with self.metrics.reconcile(_KINDS[key[0]]):
+                run()
 
     # The CA
 
@@ -335,6 +340,10 @@ class Reconciler:
 
     def diagnose_database(self, namespace: str, name: str) -> None:
         """Folds the ready proxy pods' /diagnose findings into the Database's conditions."""
+        with self.metrics.reconcile("diagnosis"):
+            self._diagnose_database(namespace, name)
+
+    def _diagnose_database(self, namespace: str, name: str) -> None:
         obj = self.kube.get(DATABASE, namespace, name)
         if obj is None or _meta(obj).get("deletionTimestamp"):
             return
@@ -496,6 +505,7 @@ class Runtime:
     """Holds the reconciler once the startup handler has connected and loaded the CA."""
 
     config: Config
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     reconciler: Reconciler | None = None
 
     def get(self) -> Reconciler:
@@ -591,7 +601,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
             settings.watching.label_selectors[(kind.group, kind.version, kind.plural)] = selector
         kube = Kube.connect()
         runtime.reconciler = Reconciler(
-            kube, config, Reconciler.load_ca(kube, config.operator_namespace)
+            kube, config, Reconciler.load_ca(kube, config.operator_namespace), runtime.metrics
         )
 
     @kopf.on.login(registry=registry)

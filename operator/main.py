@@ -109,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(env RDSGATE_PROXY_TOKENREVIEW_BINDING; the Helm chart creates and names it)",
     )
     parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(env("RDSGATE_METRICS_PORT") or 8081),
+        help="serve the operator's Prometheus metrics on this port, 0 for none "
+        "(env RDSGATE_METRICS_PORT; default %(default)s)",
+    )
+    parser.add_argument(
         "--liveness",
         default=env("RDSGATE_LIVENESS") or None,
         metavar="URL",
@@ -150,7 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ", ".join(config.namespaces) or "all namespaces",
     )
     registry = kopf.OperatorRegistry()
-    register(registry, Runtime(config))
+    runtime = Runtime(config)
+    if args.metrics_port:
+        runtime.metrics.serve(args.metrics_port)
+    register(registry, runtime)
     try:
         asyncio.run(
             kopf.operator(

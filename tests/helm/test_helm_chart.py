@@ -195,7 +195,7 @@ def test_default_values(rendered: dict[str, list[dict[str, Any]]]) -> None:
     # RDSGATE_LIVENESS says (tests/helm/test_helm_rbac.py gets 200 from it).
     liveness = urlsplit(env["RDSGATE_LIVENESS"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"health": liveness.port}
+    assert ports == {"health": liveness.port, "metrics": int(env["RDSGATE_METRICS_PORT"])}
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": liveness.path, "port": "health"}
 
@@ -346,6 +346,11 @@ def test_the_proxy_tokenreview_role_and_binding(
     assert "tokenreview" not in json.dumps(off)
 
 
+def named(docs: list[dict[str, Any]], kind: str, suffix: str) -> dict[str, Any]:
+    (found,) = [d for d in objects(docs, kind) if d["metadata"]["name"].endswith(suffix)]
+    return found
+
+
 def test_monitors_select_what_the_operator_renders(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
@@ -364,7 +369,7 @@ def test_monitors_select_what_the_operator_renders(
     service_ports = {p["name"] for p in service["spec"]["ports"]}
 
     docs = rendered["monitoring"]
-    pod_monitor = one(docs, "PodMonitor")
+    pod_monitor = named(docs, "PodMonitor", "-proxies")
     assert pod_monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert pod_monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     assert pod_monitor["spec"]["namespaceSelector"] == {"any": True}
@@ -372,7 +377,7 @@ def test_monitors_select_what_the_operator_renders(
     assert endpoint["port"] in pod_ports and endpoint["path"] == "/metrics"
     assert (endpoint["interval"], endpoint["scrapeTimeout"]) == ("30s", "10s")
 
-    service_monitor = one(docs, "ServiceMonitor")
+    service_monitor = named(docs, "ServiceMonitor", "-proxies")
     assert (
         service_monitor["spec"]["selector"]["matchLabels"].items()
         <= service["metadata"]["labels"].items()
@@ -383,7 +388,24 @@ def test_monitors_select_what_the_operator_renders(
 
     scoped = rendered["namespaced-monitoring"]
     for kind in ("PodMonitor", "ServiceMonitor"):
-        assert one(scoped, kind)["spec"]["namespaceSelector"] == {"matchNames": ["shop"]}
+        monitor = named(scoped, kind, "-proxies")
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["shop"]}
+
+    # The operator's own metrics: its pods' `metrics` port, directly or through a Service.
+    operator = one(docs, "Deployment")
+    operator_pod_labels = operator["spec"]["template"]["metadata"]["labels"]
+    operator_ports = {p["name"] for p in operator_container(docs)["ports"]}
+    pod_monitor = named(docs, "PodMonitor", "-operator")
+    assert pod_monitor["spec"]["selector"]["matchLabels"].items() <= operator_pod_labels.items()
+    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] in operator_ports
+    metrics_service = named(docs, "Service", "-metrics")
+    assert metrics_service["spec"]["selector"].items() <= operator_pod_labels.items()
+    service_monitor = named(docs, "ServiceMonitor", "-operator")
+    assert (
+        service_monitor["spec"]["selector"]["matchLabels"].items()
+        <= metrics_service["metadata"]["labels"].items()
+    )
+    assert service_monitor["spec"]["endpoints"][0]["port"] == "metrics"
     for name in ("default", "namespaced", "irsa"):
         assert not {d["kind"] for d in rendered[name]} & set(MONITORING_SCHEMAS)
 

@@ -80,6 +80,10 @@ REJECTED: dict[str, tuple[dict[str, Any], str]] = {
         {"operator": {"healthPort": 80}},
         "at '/operator/healthPort': minimum: got 80, want 1,024",
     ),
+    "privileged metrics port": (
+        {"operator": {"metricsPort": 443}},
+        "at '/operator/metricsPort': minimum: got 443, want 1,024",
+    ),
     "string for a boolean": (
         {"operator": {"verbose": "yes"}},
         "at '/operator/verbose': got string, want boolean",

@@ -1,0 +1,46 @@
+"""The operator's own Prometheus metrics: how often it reconciles, how long, how it ends.
+
+Served by prometheus-client's HTTP server in a thread on `--metrics-port` (the Helm chart
+names the container port `metrics` and can add a PodMonitor or ServiceMonitor for it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+
+class OperatorMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.reconciles = Counter(
+            "rdsgate_operator_reconciles",
+            "Reconciles run, by what they reconcile and how they ended",
+            ["kind", "result"],
+            registry=r,
+        )
+        self.reconcile_seconds = Histogram(
+            "rdsgate_operator_reconcile_seconds",
+            "How long reconciles take",
+            ["kind"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+
+    @contextmanager
+    def reconcile(self, kind: str) -> Iterator[None]:
+        """Counts one reconcile of `kind` (database, access, diagnosis) and times it."""
+        started = time.perf_counter()
+        result = "error"
+        try:
+            yield
+            result = "ok"
+        finally:
+            self.reconciles.labels(kind, result).inc()
+            self.reconcile_seconds.labels(kind).observe(time.perf_counter() - started)
+
+    def serve(self, port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - a pod's port
+        start_http_server(port, address, registry=self.registry)
