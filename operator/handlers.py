@@ -31,6 +31,7 @@ from typing import Any
 import kopf
 
 from rdsgate.proxy.access import secret_digest
+from rdsgate.proxy.auth import client_certificate_uri
 
 from . import access, diagnosis, pki, render
 from .ca import CA_SECRET_NAME, ca_secret, is_current, keypair_from_secret, secret_bytes
@@ -467,14 +468,15 @@ class Reconciler:
             return secret_digest(secret) if existing else InvalidSpec("the Token has expired")
 
         identity = access.identity(ns, token_name)
+        digest = secret_digest(secret)
         client = keypair_from_secret(current)
-        if client is None or not is_current(
-            client, self.ca, now, uris=[f"rdsgate://{identity}"], not_after=expires_at
-        ):
+        uri = client_certificate_uri(identity, digest)
+        if client is None or not is_current(client, self.ca, now, uris=[uri], not_after=expires_at):
             cap = now + timedelta(days=CLIENT_CERT_DAYS)
             client = pki.issue_client_cert(
                 self.ca,
                 identity,
+                secret_sha256=digest,
                 days=CLIENT_CERT_DAYS,
                 not_after=min(expires_at, cap) if expires_at else None,
             )
@@ -487,7 +489,7 @@ class Reconciler:
                 token,
                 EventSpec("Normal", "SecretWritten", f"wrote Secret {name!r} for {identity}"),
             )
-        return secret_digest(secret)
+        return digest
 
     def owner_database(self, obj: Mapping[str, Any]) -> str | None:
         for ref in _meta(obj).get("ownerReferences") or ():

@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from rdsgate.proxy.auth import client_certificate_uri
+
 CLOCK_SKEW = timedelta(minutes=5)
 
 
@@ -167,13 +169,17 @@ def issue_client_cert(
     ca: KeyPair,
     identity: str,
     *,
+    secret_sha256: str,
     days: float = 90,
     not_before: datetime | None = None,
     not_after: datetime | None = None,
 ) -> KeyPair:
-    """A client certificate naming `identity` (`namespace/token`) as URI SAN `rdsgate://…`."""
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)])
-    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(f"rdsgate://{identity}")]
+    """A client certificate for a Token: its URI SAN names the Token and is bound to the
+    Token's current secret (see rdsgate.proxy.auth.client_certificate_uri), so rotating the
+    secret, or re-creating the Token, retires every certificate issued before."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rdsgate client")])
+    uri = client_certificate_uri(identity, secret_sha256)
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)]
     return _leaf(ca, subject, sans, ExtendedKeyUsageOID.CLIENT_AUTH, days, not_before, not_after)
 
 

@@ -1,8 +1,8 @@
 """Client authentication: which grant of the access file a client is.
 
 Three credentials, tried in this order:
-- a client certificate signed by the operator's CA: its URI SAN `rdsgate://NS/TOKEN`
-  (or, failing that, its Common Name) names the grant; no password is asked;
+- a client certificate signed by the operator's CA: its URI SAN `rdsgate://NS/TOKEN#BINDING`
+  names the grant and is bound to the grant's current secret; no password is asked;
 - a password that is a ServiceAccount token (a JWT): checked with TokenReview, matched to
   the grant whose subject is that ServiceAccount;
 - any other password: a Token secret, matched by SHA-256 in constant time.
@@ -12,12 +12,12 @@ it was.
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
 from cryptography import x509
-from cryptography.x509.oid import NameOID
 
 from .access import AccessPolicy, Grant
 from .errors import AuthenticationFailed
@@ -25,6 +25,7 @@ from .tokenreview import Reviewed
 
 Method = Literal["password", "certificate", "serviceaccount"]
 URI_PREFIX = "rdsgate://"
+BINDING_LENGTH = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,11 +37,15 @@ class Identity:
     grant: Grant
 
 
+def expiry_message(grant: Grant) -> str:
+    assert grant.expires_at is not None
+    return f"token expired at {grant.expires_at.isoformat()}"
+
+
 def check_expiry(grant: Grant, now: datetime) -> None:
     if grant.expired(now):
-        assert grant.expires_at is not None
         raise AuthenticationFailed(
-            f"token expired at {grant.expires_at.isoformat()}",
+            expiry_message(grant),
             reason="expired",
             hint="ask for a new Token, or extend spec.ttl of this one",
         )
@@ -58,8 +63,14 @@ def authenticate_password(policy: AccessPolicy, password: str, now: datetime) ->
     return Identity(grant.identity, "password", grant)
 
 
-def certificate_identity(der: bytes, now: datetime) -> str:
-    """The identity a verified client certificate names; its dates are checked here.
+def client_certificate_uri(identity: str, secret_sha256: str) -> str:
+    """`rdsgate://NS/TOKEN#BINDING`: the Token, and the first 16 hex digits of the SHA-256 of
+    the secret it had when the certificate was issued."""
+    return f"{URI_PREFIX}{identity}#{secret_sha256[:BINDING_LENGTH]}"
+
+
+def certificate_identity(der: bytes, now: datetime) -> tuple[str, str]:
+    """The identity a verified client certificate names, and its secret binding.
 
     The TLS layer verifies the chain but not the dates (so that an expired certificate
     gets this clear error instead of a bare TLS alert).
@@ -83,25 +94,31 @@ def certificate_identity(der: bytes, now: datetime) -> str:
     except x509.ExtensionNotFound:
         uris = []
     for uri in uris:
-        if uri.startswith(URI_PREFIX):
-            return uri[len(URI_PREFIX) :]
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if names:
-        return str(names[0].value)
+        if uri.startswith(URI_PREFIX) and "#" in uri:
+            identity, binding = uri[len(URI_PREFIX) :].split("#", 1)
+            return identity, binding
     raise AuthenticationFailed(
-        "client certificate names no rdsgate identity (no rdsgate:// URI and no Common Name)",
+        "client certificate names no rdsgate Token (no rdsgate://NAMESPACE/TOKEN#… URI)",
         reason="certificate_unknown",
+        hint="use the tls.crt and tls.key of your Token's Secret",
     )
 
 
 def authenticate_certificate(policy: AccessPolicy, der: bytes, now: datetime) -> Identity:
-    name = certificate_identity(der, now)
+    name, binding = certificate_identity(der, now)
     grant = policy.by_identity.get(name)
     if grant is None or grant.secret_sha256 is None:
         raise AuthenticationFailed(
             f"client certificate for {name!r}: no Token of that name grants access here",
             reason="certificate_unknown",
             hint="the Token may have been deleted; ask for a new one",
+        )
+    if not hmac.compare_digest(grant.secret_sha256[:BINDING_LENGTH], binding):
+        raise AuthenticationFailed(
+            f"client certificate for {name!r} was issued for an earlier secret of that Token",
+            reason="certificate_superseded",
+            hint="the Token's credential was rotated or the Token re-created: use the current "
+            "tls.crt and tls.key of its Secret",
         )
     check_expiry(grant, now)
     return Identity(name, "certificate", grant)

@@ -103,7 +103,6 @@ class TokenMinter:
         self._client: Any = None
         self._cache: dict[tuple[str, int, str], _Cached] = {}
         self._lock = threading.Lock()
-        self.mints = 0
 
     @property
     def session(self) -> botocore.session.Session:
@@ -153,5 +152,4 @@ class TokenMinter:
         except (BotoCoreError, ClientError) as exc:
             raise CredentialsUnavailable(f"cannot sign an RDS IAM auth token: {exc}") from exc
         self._cache[(host, port, user)] = _Cached(token, time.monotonic())
-        self.mints += 1
         return token

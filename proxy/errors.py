@@ -39,6 +39,7 @@ class TLSRequired(ProxyError):
     """A plaintext StartupMessage: rdsgate only speaks Postgres inside TLS."""
 
     sqlstate = "28000"
+    reason = "no_tls"
 
 
 class AuthenticationFailed(ProxyError):

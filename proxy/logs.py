@@ -30,5 +30,6 @@ def setup(level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("botocore", "urllib3", "asyncio"):
+    # kubernetes.client logs response bodies at DEBUG, and a TokenReview echoes the token.
+    for noisy in ("botocore", "urllib3", "asyncio", "kubernetes"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -52,6 +52,11 @@ class UpstreamLeg(_Leg):
         #: waits for the client (ReadyForQuery) — the clean moment to end a session.
         self.last = b""
 
+    def resume_writing(self) -> None:
+        # A session being ended keeps the client paused (no new queries) until it goes.
+        if self.session.closing is None:
+            self.peer.resume_reading()
+
     def data_received(self, data: bytes) -> None:
         self.nbytes += len(data)
         self.last = data

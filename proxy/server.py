@@ -26,6 +26,7 @@ from typing import TypeVar
 from . import wire
 from .access import AccessPolicy, load_access, utcnow
 from .audit import AuditLog
+from .auth import expiry_message
 from .aws import TokenMinter
 from .config import ProxyConfig
 from .diagnose import Status, run_startup_checks_async
@@ -156,8 +157,10 @@ class Server:
     # sessions
 
     def session_logged_in(self, session: Session) -> None:
+        """Counts the session against its identity's limit (undone by session_ended)."""
         assert session.identity is not None
         self._per_identity[session.identity.name] += 1
+        session.counted_for_identity = True
 
     def session_ended(self, session: Session, reason: str) -> None:
         if session not in self.sessions:
@@ -166,10 +169,12 @@ class Server:
         self.metrics.connections_active.set(len(self.sessions))
         if not self.sessions:
             self._no_sessions.set()
-        if session.identity is not None and self._per_identity.get(session.identity.name):
-            self._per_identity[session.identity.name] -= 1
-            if not self._per_identity[session.identity.name]:
-                del self._per_identity[session.identity.name]
+        if session.counted_for_identity:
+            assert session.identity is not None
+            name = session.identity.name
+            self._per_identity[name] -= 1
+            if not self._per_identity[name]:
+                del self._per_identity[name]
         if session.cancel_key is not None:
             self._cancel_keys.pop(session.cancel_key[0], None)
         if session.relaying:
@@ -210,28 +215,30 @@ class Server:
 
     def recheck_sessions(self) -> None:
         """Ends every session whose identity lost access under the policy now in force."""
-        policy = self.policy
-        if policy is None:
-            return
-        now = utcnow()
         for session in list(self.sessions):
-            ident = session.identity
-            if ident is None or not session.relaying or session.closing is not None:
-                continue
-            grant = policy.current(ident.grant)
-            why: str | None
-            if grant is None:
-                why = "its Token's grant was removed"
-            elif ident.method == "password" and grant.secret_sha256 != ident.grant.secret_sha256:
-                why = "its Token's secret changed"
-            else:
-                assert session.db_user is not None and session.db_name is not None
-                decision = authorize(
-                    policy, grant, self.labels, session.db_user, session.db_name, now
-                )
-                why = None if decision.allowed else decision.reason
-            if why is not None:
-                self.revoke(session, why)
+            self.recheck(session)
+
+    def recheck(self, session: Session) -> None:
+        """Ends one relaying session if the policy in force no longer lets it in."""
+        policy = self.policy
+        ident = session.identity
+        if policy is None or ident is None or not session.relaying or session.closing is not None:
+            return
+        session.policy_seen = policy
+        grant = policy.current(ident.grant)
+        why: str | None
+        if grant is None:
+            why = "its Token's grant was removed"
+        elif grant.secret_sha256 != ident.grant.secret_sha256:
+            why = "its Token's secret changed"
+        else:
+            assert session.db_user is not None and session.db_name is not None
+            decision = authorize(
+                policy, grant, self.labels, session.db_user, session.db_name, utcnow()
+            )
+            why = None if decision.allowed else decision.reason
+        if why is not None:
+            self.revoke(session, why)
 
     def revoke(self, session: Session, why: str) -> None:
         self.audit.emit("session.revoked", dict(session.fields(), reason=why))
@@ -250,7 +257,8 @@ class Server:
                 continue
             self._account_bytes(session)
             seen = session.activity()
-            if seen != session.seen_activity:
+            if seen != session.seen_activity or not session.server_waits_for_client():
+                # Idle means the server waits for the client: a long query is not idle.
                 session.seen_activity = seen
                 session.idle_since = now_m
             elif idle_limit and now_m - session.idle_since >= idle_limit:
@@ -265,8 +273,7 @@ class Server:
                 continue
             ident = session.identity
             if ident is not None and ident.grant.expired(now):
-                assert ident.grant.expires_at is not None
-                self.revoke(session, f"token expired at {ident.grant.expires_at.isoformat()}")
+                self.revoke(session, expiry_message(ident.grant))
 
     async def _sweeper(self) -> None:
         idle = self.config.limits.idle_timeout
@@ -275,17 +282,17 @@ class Server:
             await asyncio.sleep(interval)
             self._sweep()
 
+    def _tls_files(self) -> list[Path]:
+        tls = self.config.tls
+        return [tls.cert_file, tls.key_file] + ([tls.client_ca_file] if tls.client_ca_file else [])
+
     async def _watch_files(self) -> None:
         interval = self.config.access.poll_interval
-        tls = self.config.tls
-        tls_files = [tls.cert_file, tls.key_file] + (
-            [tls.client_ca_file] if tls.client_ca_file else []
-        )
         while True:
             await asyncio.sleep(interval)
             if self._changed([self.config.access.file]) or self.policy is None:
                 await self.load_access()
-            if self._changed(tls_files) or self.server_context is None:
+            if self._changed(self._tls_files()) or self.server_context is None:
                 self.load_tls()
 
     def _changed(self, paths: list[Path]) -> bool:
@@ -328,11 +335,7 @@ class Server:
     # listening
 
     async def start(self) -> None:
-        tls = self.config.tls
-        self._changed(
-            [self.config.access.file, tls.cert_file, tls.key_file]
-            + ([tls.client_ca_file] if tls.client_ca_file else [])
-        )
+        self._changed([self.config.access.file, *self._tls_files()])
         self.load_tls()
         await self.load_access()
         await self.check_credentials()

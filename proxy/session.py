@@ -34,6 +34,7 @@ from .errors import (
     SessionTerminated,
     TLSRequired,
     TooManyConnections,
+    UpstreamUnavailable,
 )
 from .rbac import SessionOptions, authorize
 from .relay import ClientLeg, UpstreamLeg
@@ -74,6 +75,9 @@ class Session:
         self.upstream_key: tuple[int, bytes] | None = None
         self.seen_activity = 0
         self.counted = (0, 0)
+        self.counted_for_identity = False
+        #: The access policy this session was last checked against.
+        self.policy_seen: object | None = None
         self._audit_fields: str | None = None
         self.idle_since = time.monotonic()
 
@@ -175,6 +179,8 @@ class Session:
                     )
                 except ssl.SSLError as exc:
                     raise TLSHandshakeFailed(exc) from exc
+                except OSError as exc:
+                    raise ConnectionClosed(f"client left during the TLS handshake: {exc}") from exc
                 tls = True
             elif isinstance(packet, wire.GSSENCRequest):
                 if tls:
@@ -258,6 +264,7 @@ class Session:
                 f"{server.database_name}: {decision.reason}"
             )
         self.options = decision.options
+        self.policy_seen = policy
         if decision.options.audit_queries is not None:
             self.audit_queries = decision.options.audit_queries
         limit = decision.options.max_connections
@@ -281,6 +288,9 @@ class Session:
             upstream.close()
             self._end("client closed during start-up")
             return
+        if upstream_t.is_closing():
+            self._fail(UpstreamUnavailable("the upstream closed the connection right after log-in"))
+            return
         self._client_t, self._upstream_t = client_t, upstream_t
         self.upstream_key = backend_key
         self.cancel_key = server.register_cancel_key(self)
@@ -301,8 +311,8 @@ class Session:
         self.idle_since = time.monotonic()
         server.audit.emit("session.start", self.fields())
         server.metrics.sessions_total.inc()
-        limits = server.config.limits
-        max_duration = self.options.max_session_duration or limits.max_session_duration
+        limits = [server.config.limits.max_session_duration, self.options.max_session_duration]
+        max_duration = min((d for d in limits if d), default=0.0)
         if max_duration:
             self._limit_timer = asyncio.get_running_loop().call_later(
                 max_duration, self._duration_reached, max_duration
@@ -311,6 +321,9 @@ class Session:
             up_leg.data_received(pending_upstream)
         if pending_client:
             cl_leg.data_received(pending_client)
+        if server.policy is not self.policy_seen:
+            # The access file changed while the upstream log-in ran.
+            server.recheck(self)
 
     def _duration_reached(self, limit: float) -> None:
         self.terminate(
@@ -350,9 +363,13 @@ class Session:
         self._cut_timer = asyncio.get_running_loop().call_later(CLOSE_GRACE, self._cut)
         self.close_if_idle()
 
-    def close_if_idle(self) -> None:
+    def server_waits_for_client(self) -> bool:
+        """Whether the server's last word was ReadyForQuery and the client has not spoken."""
         leg = self.upstream_leg
-        if leg is not None and wire.ends_ready_for_query(leg.last):
+        return leg is not None and wire.ends_ready_for_query(leg.last)
+
+    def close_if_idle(self) -> None:
+        if self.server_waits_for_client():
             self._goodbye()
 
     def _goodbye(self) -> None:
@@ -397,14 +414,10 @@ class Session:
         server = self.server
         fields = self.fields()
         denied = dict(fields, reason=exc.message, sqlstate=exc.sqlstate)
-        if isinstance(exc, AuthenticationFailed | AccessDenied | TooManyConnections):
+        if isinstance(exc, AuthenticationFailed | AccessDenied | TooManyConnections | TLSRequired):
             server.metrics.auth_failures.labels(exc.reason).inc()
             server.audit.emit("auth.denied", denied)
             self._end(exc.reason, error=exc.message)
-        elif isinstance(exc, TLSRequired):
-            server.metrics.auth_failures.labels("no_tls").inc()
-            server.audit.emit("auth.denied", denied)
-            self._end("no_tls", error=exc.message)
         elif isinstance(exc, SessionTerminated) and self.closing is not None:
             self._end(self._closing_reason, error=exc.message)
         else:

@@ -15,6 +15,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,9 @@ class KubernetesUnreachable(AuthenticationFailed):
 
 class TokenReviewer:
     def __init__(self) -> None:
+        # Reviews wait on the API server: their own threads, so a burst of them (even from
+        # clients sending made-up tokens) cannot hold up IAM token signing.
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tokenreview")
         self._api: Any = None
         self._lock = threading.Lock()
         self._cache: OrderedDict[bytes, tuple[Reviewed, float]] = OrderedDict()
@@ -112,7 +116,8 @@ class TokenReviewer:
         hit = self._cache.get(key)
         if hit is not None and hit[1] > now:
             return hit[0]
-        status = await asyncio.get_running_loop().run_in_executor(None, self._review, token)
+        loop = asyncio.get_running_loop()
+        status = await loop.run_in_executor(self._executor, self._review, token)
         if not status.get("authenticated"):
             why = status.get("error") or "the token is not valid"
             raise AuthenticationFailed(

@@ -112,9 +112,6 @@ class Reader:
     def __len__(self) -> int:
         return len(self._buf)
 
-    def peek_byte(self) -> int | None:
-        return self._buf[0] if self._buf else None
-
     def read_startup(self) -> StartupPacket | None:
         """The untyped first packet: SSLRequest, GSSENCRequest, CancelRequest or StartupMessage."""
         buf = self._buf
@@ -289,10 +286,6 @@ def authentication_cleartext() -> bytes:
     return authentication(AUTH_CLEARTEXT)
 
 
-def parameter_status(name: str, value: str) -> bytes:
-    return _msg(b"S", _cstr(name) + _cstr(value))
-
-
 def backend_key_data(pid: int, secret: bytes) -> bytes:
     return _msg(b"K", _U32.pack(pid) + secret)
 
@@ -315,12 +308,6 @@ def error_response(
     hint: str | None = None,
 ) -> bytes:
     return _msg(b"E", _fields(severity, code, message, detail, hint))
-
-
-def notice_response(
-    code: str, message: str, *, severity: str = "NOTICE", detail: str | None = None
-) -> bytes:
-    return _msg(b"N", _fields(severity, code, message, detail, None))
 
 
 def _fields(severity: str, code: str, message: str, detail: str | None, hint: str | None) -> bytes:
@@ -357,10 +344,10 @@ class FrontendScanner:
 
     It reads 5-byte headers and skips bodies without copying them, so COPY data and bind
     parameters cost one header look-up per message. Statement text is kept up to
-    `max_sql` bytes. `terminated` becomes true after a Terminate ('X').
+    `max_sql` bytes.
     """
 
-    __slots__ = ("_capture", "_ctype", "_head", "_max_sql", "_need", "_skip", "terminated")
+    __slots__ = ("_capture", "_ctype", "_head", "_max_sql", "_need", "_skip")
 
     def __init__(self, max_sql: int = 8192) -> None:
         self._max_sql = max_sql
@@ -369,7 +356,6 @@ class FrontendScanner:
         self._capture: bytearray | None = None  # body of a Q/P being collected
         self._ctype = 0
         self._need = 0  # body bytes of the captured message still to come
-        self.terminated = False
 
     def feed(self, data: bytes) -> list[Statement] | None:
         n = len(data)
@@ -426,8 +412,6 @@ class FrontendScanner:
                     self._capture = bytearray(data[body : min(n, body + self._max_sql + 1)])
                     self._need = end - n
                     return out
-            elif mtype == b"X":
-                self.terminated = True
             pos = end
         if pos > n:
             self._skip = pos - n

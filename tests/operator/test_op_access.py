@@ -21,6 +21,8 @@ from rdsgate.operator.status import InvalidSpec
 from rdsgate.proxy.access import AccessPolicy, parse_access, secret_digest
 from rdsgate.proxy.rbac import authorize
 
+DIGEST = "0123456789abcdef" * 4
+
 NS = "shop"
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -344,7 +346,7 @@ def test_token_status_when_granted() -> None:
 # The Token Secret
 
 CA = pki.make_ca()
-CLIENT = pki.issue_client_cert(CA, "shop/orders-app")
+CLIENT = pki.issue_client_cert(CA, "shop/orders-app", secret_sha256=DIGEST)
 
 
 def decoded(data: Mapping[str, str | None]) -> dict[str, str]:
@@ -367,7 +369,9 @@ def test_token_secret_with_connection_settings() -> None:
     assert values["ca.crt"] == CA.cert_pem.decode()
     cert = x509.load_pem_x509_certificate(values["tls.crt"].encode())
     uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert uris.get_values_for_type(x509.UniformResourceIdentifier) == ["rdsgate://shop/orders-app"]
+    assert uris.get_values_for_type(x509.UniformResourceIdentifier) == [
+        f"rdsgate://shop/orders-app#{DIGEST[:16]}"
+    ]
 
 
 def test_token_secret_mount_path() -> None:

@@ -6,9 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 from rdsgate.operator import ca, pki
 
+DIGEST = "0123456789abcdef" * 4
+
 CA = pki.make_ca()
 NOW = datetime.now(UTC)
-URI = ["rdsgate://shop/app"]
+URI = ["rdsgate://shop/app#0123456789abcdef"]
 
 
 def test_ca_secret_round_trip() -> None:
@@ -35,15 +37,16 @@ def test_unusable_secrets_give_no_keypair() -> None:
 
 
 def test_a_fresh_client_certificate_is_current() -> None:
-    pair = pki.issue_client_cert(CA, "shop/app")
+    pair = pki.issue_client_cert(CA, "shop/app", secret_sha256=DIGEST)
     assert ca.is_current(pair, CA, NOW, uris=URI)
-    assert not ca.is_current(pair, CA, NOW, uris=["rdsgate://shop/other"])
+    assert not ca.is_current(pair, CA, NOW, uris=["rdsgate://shop/other#0123456789abcdef"])
+    assert not ca.is_current(pair, CA, NOW, uris=["rdsgate://shop/app#fedcba9876543210"])
     assert not ca.is_current(pair, pki.make_ca("another"), NOW, uris=URI)
     assert not ca.is_current(None, CA, NOW, uris=URI)
 
 
 def test_renewal_at_two_thirds_of_the_lifetime() -> None:
-    pair = pki.issue_client_cert(CA, "shop/app", days=90)
+    pair = pki.issue_client_cert(CA, "shop/app", secret_sha256=DIGEST, days=90)
     cert = pair.cert
     life = cert.not_valid_after_utc - cert.not_valid_before_utc
     at = cert.not_valid_before_utc + life * ca.RENEW_AT
@@ -53,16 +56,16 @@ def test_renewal_at_two_thirds_of_the_lifetime() -> None:
 
 def test_a_certificate_capped_at_the_token_expiry_is_not_renewed_before_it() -> None:
     expires = (NOW + timedelta(seconds=30)).replace(microsecond=0)
-    pair = pki.issue_client_cert(CA, "shop/app", not_after=expires)
+    pair = pki.issue_client_cert(CA, "shop/app", secret_sha256=DIGEST, not_after=expires)
     assert ca.is_current(pair, CA, NOW + timedelta(seconds=25), uris=URI, not_after=expires)
     assert not ca.is_current(pair, CA, expires, uris=URI, not_after=expires)
-    longer = pki.issue_client_cert(CA, "shop/app", days=90)
+    longer = pki.issue_client_cert(CA, "shop/app", secret_sha256=DIGEST, days=90)
     assert not ca.is_current(longer, CA, NOW, uris=URI, not_after=expires)
 
 
 def test_signed_by_checks_the_signature_not_just_the_name() -> None:
     impostor = pki.make_ca("rdsgate CA")
-    pair = pki.issue_client_cert(impostor, "shop/app")
+    pair = pki.issue_client_cert(impostor, "shop/app", secret_sha256=DIGEST)
     assert pair.cert.issuer == CA.cert.subject
     assert not ca.signed_by(pair.cert, CA)
-    assert ca.signed_by(pki.issue_client_cert(CA, "shop/app").cert, CA)
+    assert ca.signed_by(pki.issue_client_cert(CA, "shop/app", secret_sha256=DIGEST).cert, CA)

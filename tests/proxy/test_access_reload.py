@@ -208,6 +208,9 @@ def test_max_connections_per_identity(start_proxy: Start) -> None:
         psycopg.connect(proxy.dsn(password=NEW_SECRET)),
         psycopg.connect(proxy.dsn(password=NEW_SECRET)),
     ):
+        for _ in range(3):  # refusals must not free a slot of the live sessions
+            with pytest.raises(psycopg.OperationalError, match="may not log in"):
+                psycopg.connect(proxy.dsn(user="postgres", password=NEW_SECRET))
         with pytest.raises(psycopg.OperationalError) as info:
             psycopg.connect(proxy.dsn(password=NEW_SECRET))
         assert "too many connections for shop/limited: its roles allow 2 (maxConnections)" in str(
@@ -231,6 +234,17 @@ def test_max_session_duration_of_a_role(start_proxy: Start) -> None:
         with pytest.raises(psycopg.errors.AdminShutdown, match="maximum session duration of 1s"):
             brief.execute("select 1")
         assert normal.execute("select 1").fetchone() == (1,)
+
+
+def test_a_role_cannot_lengthen_sessions_beyond_the_proxy_limit(start_proxy: Start) -> None:
+    doc = access()
+    doc["roles"].append(role("long-sessions", options={"maxSessionDuration": "7d"}))
+    doc["grants"].append(grant("shop/long", NEW_SECRET, ["long-sessions"]))
+    proxy = start_proxy({"limits": {"maxSessionDuration": "1s"}}, access=doc)
+    with psycopg.connect(proxy.dsn(password=NEW_SECRET), autocommit=True) as conn:
+        proxy.wait_audit("session.end", lambda e: e["reason"] == "max_session_duration")
+        with pytest.raises(psycopg.errors.AdminShutdown, match="maximum session duration of 1s"):
+            conn.execute("select 1")
 
 
 def test_audit_queries_off_for_one_identity_only(start_proxy: Start) -> None:

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from rdsgate.operator import pki
+from rdsgate.proxy.access import secret_digest
 from tests.fixtures.lab import DbIdentity, LabCA
 from tests.fixtures.proxy import (
     APP_SECRET,
@@ -32,7 +33,9 @@ def test_every_event_type_carries_who_what_and_where(
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
         conn.execute("select 'simple'")
         conn.execute("select %s::text", ["extended"], prepare=True)
-    kp = pki.issue_client_cert(lab_ca.keypair, "shop/reporting")
+    kp = pki.issue_client_cert(
+        lab_ca.keypair, "shop/reporting", secret_sha256=secret_digest(REPORTING_SECRET)
+    )
     (tmp_path / "c.crt").write_bytes(kp.cert_pem)
     (tmp_path / "c.key").write_bytes(kp.key_pem)
     os.chmod(tmp_path / "c.key", 0o600)

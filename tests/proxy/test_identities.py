@@ -11,8 +11,11 @@ import psycopg
 import pytest
 
 from rdsgate.operator import pki
+from rdsgate.proxy.access import secret_digest
 from tests.fixtures.lab import LabCA
-from tests.fixtures.proxy import RunningProxy
+from tests.fixtures.proxy import APP_SECRET, EXPIRED_SECRET, REPORTING_SECRET, RunningProxy
+
+APP = secret_digest(APP_SECRET)
 
 
 def cert_files(tmp_path: Path, kp: pki.KeyPair) -> dict[str, str]:
@@ -36,7 +39,7 @@ def psql(dsn: str) -> subprocess.CompletedProcess[str]:
 def test_certificate_is_the_identity_and_no_password_is_asked(
     proxy: RunningProxy, lab_ca: LabCA, tmp_path: Path
 ) -> None:
-    kp = pki.issue_client_cert(lab_ca.keypair, "shop/orders-app")
+    kp = pki.issue_client_cert(lab_ca.keypair, "shop/orders-app", secret_sha256=APP)
     mark = len(proxy.audit)
     out = psql(proxy.dsn(password=None, **cert_files(tmp_path, kp)))
     assert out.returncode == 0, out.stderr
@@ -50,7 +53,7 @@ def test_certificate_is_the_identity_and_no_password_is_asked(
 def test_certificate_identity_is_still_subject_to_roles(
     proxy: RunningProxy, lab_ca: LabCA, tmp_path: Path
 ) -> None:
-    kp = pki.issue_client_cert(lab_ca.keypair, "shop/orders-app")
+    kp = pki.issue_client_cert(lab_ca.keypair, "shop/orders-app", secret_sha256=APP)
     out = psql(proxy.dsn(user="postgres", password=None, **cert_files(tmp_path, kp)))
     assert "role 'orders-rw' denies database user 'postgres'" in out.stderr
 
@@ -62,7 +65,7 @@ def test_certificate_from_another_ca_is_refused(proxy: RunningProxy, tmp_path: P
     cannot be let through to be refused with a FATAL the way expired ones are.
     """
     other = pki.make_ca("someone else's CA")
-    kp = pki.issue_client_cert(other, "shop/orders-app")
+    kp = pki.issue_client_cert(other, "shop/orders-app", secret_sha256=APP)
     mark = len(proxy.audit)
     out = psql(proxy.dsn(password=None, **cert_files(tmp_path, kp)))
     assert out.returncode != 0
@@ -83,6 +86,7 @@ def test_expired_certificate_gets_a_clear_fatal(
     kp = pki.issue_client_cert(
         lab_ca.keypair,
         "shop/orders-app",
+        secret_sha256=APP,
         not_before=now - timedelta(days=30),
         not_after=now - timedelta(days=1),
     )
@@ -99,6 +103,7 @@ def test_not_yet_valid_certificate_gets_a_clear_fatal(
     kp = pki.issue_client_cert(
         lab_ca.keypair,
         "shop/orders-app",
+        secret_sha256=APP,
         not_before=now + timedelta(days=1),
         not_after=now + timedelta(days=30),
     )
@@ -110,7 +115,7 @@ def test_not_yet_valid_certificate_gets_a_clear_fatal(
 def test_certificate_for_an_unknown_token(
     proxy: RunningProxy, lab_ca: LabCA, tmp_path: Path
 ) -> None:
-    kp = pki.issue_client_cert(lab_ca.keypair, "shop/deleted-token")
+    kp = pki.issue_client_cert(lab_ca.keypair, "shop/deleted-token", secret_sha256=APP)
     out = psql(proxy.dsn(password=None, **cert_files(tmp_path, kp)))
     assert (
         "FATAL:  client certificate for 'shop/deleted-token': no Token of that name grants "
@@ -121,7 +126,9 @@ def test_certificate_for_an_unknown_token(
 def test_certificate_of_an_expired_grant(
     proxy: RunningProxy, lab_ca: LabCA, tmp_path: Path
 ) -> None:
-    kp = pki.issue_client_cert(lab_ca.keypair, "shop/old")
+    kp = pki.issue_client_cert(
+        lab_ca.keypair, "shop/old", secret_sha256=secret_digest(EXPIRED_SECRET)
+    )
     out = psql(proxy.dsn(password=None, **cert_files(tmp_path, kp)))
     assert "FATAL:  token expired at 2020-01-01T00:00:00+00:00" in out.stderr
 
@@ -130,7 +137,23 @@ def test_certificate_of_an_expired_grant(
 def test_drivers_present_certificates_too(
     proxy: RunningProxy, lab_ca: LabCA, tmp_path: Path, driver: str
 ) -> None:
-    kp = pki.issue_client_cert(lab_ca.keypair, "shop/reporting")
+    kp = pki.issue_client_cert(
+        lab_ca.keypair, "shop/reporting", secret_sha256=secret_digest(REPORTING_SECRET)
+    )
     files = cert_files(tmp_path, kp)
     with psycopg.connect(proxy.dsn(user="reporting", password=None, **files)) as conn:
         assert conn.execute("select current_user").fetchone() == ("reporting",)
+
+
+def test_a_certificate_from_before_a_rotation_is_refused(
+    proxy: RunningProxy, lab_ca: LabCA, tmp_path: Path
+) -> None:
+    """Rotating a Token's secret (or re-creating the Token) retires its old certificates."""
+    kp = pki.issue_client_cert(
+        lab_ca.keypair, "shop/orders-app", secret_sha256=secret_digest("the secret before")
+    )
+    out = psql(proxy.dsn(password=None, **cert_files(tmp_path, kp)))
+    assert (
+        "FATAL:  client certificate for 'shop/orders-app' was issued for an earlier secret of "
+        "that Token"
+    ) in out.stderr

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -13,6 +15,7 @@ import asyncpg
 import psycopg
 import pytest
 
+from rdsgate.proxy import wire
 from tests.fixtures.proxy import RunningProxy
 
 Start = Callable[..., RunningProxy]
@@ -61,6 +64,28 @@ def test_busy_sessions_are_not_idle(start_proxy: Start) -> None:
     assert (
         proxy.events("session.end") == [] or proxy.wait_audit("session.end")["reason"] == "closed"
     )
+
+
+def test_a_long_query_is_not_idle(start_proxy: Start) -> None:
+    """Idle means the server waits for the client; a query running longer than the idle
+    timeout, with no bytes either way, is not idle."""
+    proxy = start_proxy({"limits": {"idleTimeout": "1s"}})
+    with connect(proxy) as conn:
+        assert conn.execute("select 'finished' from pg_sleep(2.5)").fetchone() == ("finished",)
+        end = proxy.wait_audit("session.end", lambda e: e["reason"] == "idle_timeout")
+        assert end["db_user"] == "app"
+
+
+def test_a_client_leaving_during_the_tls_handshake_is_no_crash(start_proxy: Start) -> None:
+    proxy = start_proxy()
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+            sock.sendall(wire.ssl_request())
+            assert sock.recv(1) == b"S"
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with connect(proxy) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+    assert not [line for line in proxy.logs if "crashed" in line or "Traceback" in line]
 
 
 def test_max_session_duration(start_proxy: Start) -> None:
