@@ -147,69 +147,51 @@ class UpstreamConnector:
                 self.metrics.upstream_errors.labels("credentials").inc()
                 raise
             forwarded = {k: v for k, v in params.items() if not k.startswith(_NOT_FORWARDED)}
-            stream.write(wire.startup_message(forwarded))
-            session = await self._handshake(stream, user, token)
+            session = await self._handshake(stream, wire.ClientLogin(forwarded, token), user)
         except BaseException:
             stream.close()
             raise
         self.metrics.upstream_connect_seconds.observe(time.perf_counter() - started)
         return session
 
-    async def _handshake(self, stream: PacketStream, user: str, token: str) -> UpstreamSession:
-        greeting: list[bytes] = []
-        key: tuple[int, bytes] | None = None
-        authenticated = False
+    async def _handshake(
+        self, stream: PacketStream, login: wire.ClientLogin, user: str
+    ) -> UpstreamSession:
+        stream.write(login.start())
         try:
             async with asyncio.timeout(self.upstream.connect_timeout + 10):
                 while True:
-                    msg = await stream.read_message()
-                    t = msg.type
-                    if t == b"R" and not authenticated:
-                        code, _ = wire.parse_auth_request(msg.body)
-                        if code == wire.AUTH_CLEARTEXT:
-                            stream.write(wire.password_message(token))
-                        elif code == wire.AUTH_OK:
-                            authenticated = True
-                            greeting.append(wire.authentication_ok())
-                        else:
-                            self.metrics.upstream_errors.labels("auth").inc()
-                            raise UpstreamRejected(
-                                f"the upstream asked for authentication method {code}, not the "
-                                "cleartext password that IAM authentication uses",
-                                sqlstate="28000",
-                                hint=_auth_hint(self.aws, user),
-                            )
-                    elif t == b"E":
-                        fields = wire.parse_fields(msg.body)
-                        if not authenticated:
-                            self.minter.forget(self.host, self.port, user)
-                            self.metrics.upstream_errors.labels("auth").inc()
-                        raise UpstreamRejected(
-                            fields.get("M", "the upstream refused the connection"),
-                            sqlstate=fields.get("C", "08004"),
-                            detail=fields.get("D"),
-                            hint=fields.get("H")
-                            or (_auth_hint(self.aws, user) if not authenticated else None),
-                        )
-                    elif t == b"K" and authenticated:
-                        key = wire.parse_backend_key_data(msg.body)
-                    elif t in (b"S", b"N", b"v") and authenticated:
-                        greeting.append(wire.frame(msg))
-                    elif t == b"Z" and authenticated:
-                        greeting.append(wire.frame(msg))
-                        return UpstreamSession(stream, greeting, key)
-                    elif t == b"N":
-                        continue
-                    else:
-                        raise UpstreamUnavailable(
-                            f"unexpected message {t!r} from the upstream during log-in"
-                        )
+                    reply, result = login.handle(await stream.read_message())
+                    if reply:
+                        stream.write(reply)
+                    if result is not None:
+                        break
         except TimeoutError as exc:
             self.metrics.upstream_errors.labels("timeout").inc()
             raise UpstreamUnavailable("the upstream did not finish the log-in in time") from exc
         except ConnectionClosed as exc:
             self.metrics.upstream_errors.labels("closed").inc()
             raise UpstreamUnavailable("the upstream closed the connection during log-in") from exc
+        if result.ready:
+            return UpstreamSession(stream, result.greeting, result.backend_key)
+        if not result.authenticated:
+            self.metrics.upstream_errors.labels("auth").inc()
+        if result.unsupported_auth is not None:
+            raise UpstreamRejected(
+                f"the upstream asked for authentication method {result.unsupported_auth}, not "
+                "the cleartext password that IAM authentication uses",
+                sqlstate="28000",
+                hint=_auth_hint(self.aws, user),
+            )
+        fields = result.error or {}
+        if not result.authenticated:
+            self.minter.forget(self.host, self.port, user)
+        raise UpstreamRejected(
+            fields.get("M", "the upstream refused the connection"),
+            sqlstate=fields.get("C", "08004"),
+            detail=fields.get("D"),
+            hint=fields.get("H") or (None if result.authenticated else _auth_hint(self.aws, user)),
+        )
 
     async def cancel(self, key: tuple[int, bytes]) -> None:
         """Forwards a CancelRequest with the upstream's real key, over TLS like every leg."""

@@ -325,6 +325,73 @@ def query(sql: str) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------
+# The client side of a log-in with a cleartext password (the IAM token, for RDS Proxy)
+
+
+@dataclass(slots=True)
+class LoginResult:
+    """How a log-in ended: at ReadyForQuery (`ready`), or at an error or an auth method
+    other than a cleartext password."""
+
+    authenticated: bool = False
+    ready: bool = False
+    error: dict[str, str] | None = None
+    #: An authentication method the server asked for that is not a cleartext password.
+    unsupported_auth: int | None = None
+    #: The frames from AuthenticationOk to ReadyForQuery, BackendKeyData left out.
+    greeting: list[bytes] = field(default_factory=list)
+    backend_key: tuple[int, bytes] | None = None
+
+
+class ClientLogin:
+    """A Postgres start-up as a client, sans-IO: `start()` gives the StartupMessage, `handle`
+    takes each server message and gives the bytes to send back and, at the end, the result.
+
+    Shared by the proxy's upstream leg, `rdsgate diagnose`'s IAM login and the CLI's probe.
+    """
+
+    __slots__ = ("_params", "_password", "_result")
+
+    def __init__(self, params: dict[str, str], password: str) -> None:
+        self._params = params
+        self._password = password
+        self._result = LoginResult()
+
+    def start(self) -> bytes:
+        return startup_message(self._params)
+
+    def handle(self, msg: Message) -> tuple[bytes, LoginResult | None]:
+        result = self._result
+        t = msg.type
+        if t == b"E":
+            result.error = parse_fields(msg.body)
+            return b"", result
+        if not result.authenticated:
+            if t == b"R":
+                code, _ = parse_auth_request(msg.body)
+                if code == AUTH_CLEARTEXT:
+                    return password_message(self._password), None
+                if code == AUTH_OK:
+                    result.authenticated = True
+                    result.greeting.append(authentication_ok())
+                    return b"", None
+                result.unsupported_auth = code
+                return b"", result
+            if t == b"N":
+                return b"", None
+            raise ProtocolViolation(f"unexpected message {t!r} from the server during log-in")
+        if t == b"K":
+            result.backend_key = parse_backend_key_data(msg.body)
+        elif t == b"Z":
+            result.greeting.append(frame(msg))
+            result.ready = True
+            return b"", result
+        else:
+            result.greeting.append(frame(msg))
+        return b"", None
+
+
+# ---------------------------------------------------------------------------------------
 # Relay-time scanning of the frontend stream
 
 

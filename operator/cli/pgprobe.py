@@ -71,11 +71,9 @@ def login(
 
 
 def _startup(sock: ssl.SSLSocket, user: str, dbname: str, password: str) -> Probe:
-    sock.sendall(
-        wire.startup_message(
-            {"user": user, "database": dbname, "application_name": APPLICATION_NAME}
-        )
-    )
+    params = {"user": user, "database": dbname, "application_name": APPLICATION_NAME}
+    login = wire.ClientLogin(params, password)
+    sock.sendall(login.start())
     reader = wire.Reader()
     while True:
         msg = reader.read_message()
@@ -85,16 +83,18 @@ def _startup(sock: ssl.SSLSocket, user: str, dbname: str, password: str) -> Prob
                 return Probe(False, None, "the server closed the connection during log-in")
             reader.feed(data)
             continue
-        if msg.type == b"E":
-            fields = wire.parse_fields(msg.body)
-            return Probe(False, fields.get("C", "XX000"), fields.get("M", ""))
-        if msg.type == b"R":
-            code, _ = wire.parse_auth_request(msg.body)
-            if code == wire.AUTH_CLEARTEXT:
-                sock.sendall(wire.password_message(password))
-            elif code == wire.AUTH_OK:
-                with contextlib.suppress(OSError):
-                    sock.sendall(wire.terminate())
-                return Probe(True)
-            else:
-                return Probe(False, None, f"unexpected authentication request {code}")
+        reply, result = login.handle(msg)
+        if reply:
+            sock.sendall(reply)
+        if result is None:
+            continue
+        if result.ready:
+            with contextlib.suppress(OSError):
+                sock.sendall(wire.terminate())
+            return Probe(True)
+        if result.unsupported_auth is not None:
+            return Probe(
+                False, None, f"unexpected authentication request {result.unsupported_auth}"
+            )
+        fields = result.error or {}
+        return Probe(False, fields.get("C", "XX000"), fields.get("M", ""))

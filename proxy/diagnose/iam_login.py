@@ -36,9 +36,9 @@ def _pg_login(
 ) -> _Login:
     """A PostgreSQL start-up with the IAM token as the cleartext password, as RDS Proxy asks."""
     params = {"user": user, "database": dbname, "application_name": "rdsgate-diagnose"}
-    tls.sendall(wire.startup_message(params))
+    login = wire.ClientLogin(params, token)
+    tls.sendall(login.start())
     reader = wire.Reader()
-    authenticated = False
     try:
         while True:
             msg = reader.read_message()
@@ -52,38 +52,36 @@ def _pg_login(
                     return _Login(user, "error", "the upstream closed the connection during log-in")
                 reader.feed(data)
                 continue
-            if msg.type == b"R":
-                code, _ = wire.parse_auth_request(msg.body)
-                if code == wire.AUTH_CLEARTEXT:
-                    tls.sendall(wire.password_message(token))
-                elif code == wire.AUTH_OK:
-                    authenticated = True
-                else:
-                    return _Login(
-                        user,
-                        "error",
-                        f"the upstream asked for authentication method {code}, not the "
-                        "cleartext password that IAM authentication uses",
-                    )
-            elif msg.type == b"E":
-                fields = wire.parse_fields(msg.body)
-                text, sqlstate = fields.get("M", ""), fields.get("C")
-                if sqlstate == "3D000" or authenticated:
-                    outcome = "database-missing" if sqlstate == "3D000" else "error"
-                elif "no credentials for the role" in text:
-                    outcome = "no-secret"
-                elif "requires TLS" in text:
-                    outcome = "tls-required"
-                elif sqlstate == "28P01" or "IAM authentication failed" in text:
-                    outcome = "iam-refused"
-                else:
-                    outcome = "error"
-                return _Login(user, outcome, text, sqlstate, ms(started))
-            elif msg.type == b"Z" and authenticated:
-                tls.sendall(wire.terminate())
-                return _Login(user, "ok", "logged in", elapsed_ms=ms(started))
+            reply, result = login.handle(msg)
+            if reply:
+                tls.sendall(reply)
+            if result is not None:
+                break
     except (TimeoutError, ProtocolViolation) as exc:
         return _Login(user, "error", f"log-in failed: {exc}", elapsed_ms=ms(started))
+    if result.ready:
+        tls.sendall(wire.terminate())
+        return _Login(user, "ok", "logged in", elapsed_ms=ms(started))
+    if result.unsupported_auth is not None:
+        return _Login(
+            user,
+            "error",
+            f"the upstream asked for authentication method {result.unsupported_auth}, not the "
+            "cleartext password that IAM authentication uses",
+        )
+    fields = result.error or {}
+    text, sqlstate = fields.get("M", ""), fields.get("C")
+    if sqlstate == "3D000" or result.authenticated:
+        outcome = "database-missing" if sqlstate == "3D000" else "error"
+    elif "no credentials for the role" in text:
+        outcome = "no-secret"
+    elif "requires TLS" in text:
+        outcome = "tls-required"
+    elif sqlstate == "28P01" or "IAM authentication failed" in text:
+        outcome = "iam-refused"
+    else:
+        outcome = "error"
+    return _Login(user, outcome, text, sqlstate, ms(started))
 
 
 def _login(run: Run, user: str, token: str) -> _Login:

@@ -170,3 +170,66 @@ def test_startup_params_round_trip(params: dict[str, str]) -> None:
     reader = wire.Reader(max_startup=100_000)
     reader.feed(wire.startup_message(params))
     assert reader.read_startup() == wire.StartupMessage(wire.PROTOCOL_3_0, params)
+
+
+def _server(*frames: bytes) -> list[wire.Message]:
+    reader = wire.Reader()
+    reader.feed(b"".join(frames))
+    out = []
+    while (msg := reader.read_message()) is not None:
+        out.append(msg)
+    return out
+
+
+def _run(
+    login: wire.ClientLogin, frames: list[wire.Message]
+) -> tuple[list[bytes], wire.LoginResult]:
+    sent = []
+    for msg in frames:
+        reply, result = login.handle(msg)
+        if reply:
+            sent.append(reply)
+        if result is not None:
+            return sent, result
+    raise AssertionError("the log-in did not end")
+
+
+def test_client_login_answers_with_the_password_and_keeps_the_greeting() -> None:
+    login = wire.ClientLogin({"user": "app", "database": "orders"}, "iam-token")
+    assert login.start() == wire.startup_message({"user": "app", "database": "orders"})
+    key = wire.backend_key_data(42, b"\x01\x02\x03\x04")
+    status = wire.frame(wire.Message(b"S", b"server_version\x0015\x00"))
+    sent, result = _run(
+        login,
+        _server(
+            wire.authentication_cleartext(),
+            wire.authentication_ok(),
+            status,
+            key,
+            wire.ready_for_query(),
+        ),
+    )
+    assert sent == [wire.password_message("iam-token")]
+    assert result.ready and result.authenticated
+    assert result.backend_key == (42, b"\x01\x02\x03\x04")
+    assert result.greeting == [wire.authentication_ok(), status, wire.ready_for_query()]
+
+
+def test_client_login_reports_a_refusal_and_other_methods() -> None:
+    refused = wire.error_response("28P01", "The IAM authentication failed for the role app.")
+    _, result = _run(
+        wire.ClientLogin({"user": "app"}, "t"), _server(wire.authentication_cleartext(), refused)
+    )
+    assert (result.authenticated, result.ready) == (False, False)
+    assert result.error is not None and result.error["C"] == "28P01"
+    _, result = _run(
+        wire.ClientLogin({"user": "app"}, "t"),
+        _server(wire.authentication(wire.AUTH_SASL, b"SCRAM-SHA-256\x00\x00")),
+    )
+    assert result.unsupported_auth == wire.AUTH_SASL
+    missing = wire.error_response("3D000", 'database "nope" does not exist')
+    _, result = _run(
+        wire.ClientLogin({"user": "app"}, "t"), _server(wire.authentication_ok(), missing)
+    )
+    assert result.authenticated and not result.ready
+    assert result.error is not None and result.error["C"] == "3D000"
