@@ -11,13 +11,15 @@ operator writes is one the proxy loads, and it means what `rdsgate.proxy.rbac` d
   until it is fixed. A Role that does not exist is left out (the proxy ignores missing
   roles, and a missing Role denies nothing).
 - An expired grant is left out everywhere; the proxy also refuses it by `expiresAt`.
+- One Token per ServiceAccount: the proxy keeps one grant per ServiceAccount, so of two
+  Tokens naming the same one, the second (by name) is refused with a problem, not dropped
+  silently.
 - Only `secret_digest(secret)` of a secret credential goes into a bundle.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,11 +37,11 @@ from rdsgate.proxy.access import (
     Rule,
     ServiceAccountRef,
 )
-from rdsgate.proxy.config import format_validation_error
 from rdsgate.proxy.durations import parse_duration
 
 from . import pki
 from .ca import b64
+from .objects import labels_of, meta_of, name_of, spec_of, spec_problems
 from .status import Condition, InvalidSpec, Problem, ReferenceNotFound, parse_timestamp, timestamp
 
 DEFAULT_MOUNT_PATH = "/var/run/secrets/rdsgate"
@@ -72,6 +74,10 @@ class NoDatabase(Problem):
     reason = "NoDatabase"
 
 
+class DuplicateServiceAccount(Problem):
+    reason = "DuplicateServiceAccount"
+
+
 def new_secret() -> str:
     """32 random bytes, base64url without padding (43 characters, safe in a libpq URI)."""
     return secrets.token_urlsafe(32)
@@ -81,29 +87,10 @@ def identity(namespace: str, token_name: str) -> str:
     return f"{namespace}/{token_name}"
 
 
-def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    meta = obj.get("metadata")
-    return meta if isinstance(meta, Mapping) else {}
-
-
-def _spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    spec = obj.get("spec")
-    return spec if isinstance(spec, Mapping) else {}
-
-
-def _name(obj: Mapping[str, Any]) -> str:
-    return str(_meta(obj).get("name", ""))
-
-
-def _labels(obj: Mapping[str, Any]) -> dict[str, str]:
-    labels = _meta(obj).get("labels")
-    return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, Mapping) else {}
-
-
 def live(objs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """Objects not being deleted, by name."""
     return sorted(
-        (o for o in objs if not _meta(o).get("deletionTimestamp") and _name(o)), key=_name
+        (o for o in objs if not meta_of(o).get("deletionTimestamp") and name_of(o)), key=name_of
     )
 
 
@@ -124,22 +111,16 @@ class CompiledRole:
         return Role(name=self.name, deny=Rule(databases=LabelSelector()))
 
 
-_PYDANTIC_PREFIX = re.compile(r"^(Value error|Assertion failed), ")
-
-
 def compile_role(obj: Mapping[str, Any]) -> CompiledRole:
     """A Role resource as the proxy's Role model, or the problems that keep it from being one."""
-    name = _name(obj)
+    name = name_of(obj)
     raw = obj.get("spec")
     if raw is not None and not isinstance(raw, Mapping):
         return CompiledRole(name, None, (InvalidSpec("spec must be an object"),))
     try:
         role = Role.model_validate({**(raw or {}), "name": name})
     except ValidationError as exc:
-        problems = []
-        for line in format_validation_error(exc):
-            where, _, message = line.partition(": ")
-            problems.append(InvalidSpec(f"spec.{where}: {_PYDANTIC_PREFIX.sub('', message)}"))
+        problems = spec_problems(exc, lambda loc: ".".join(["spec", *map(str, loc)]))
         return CompiledRole(name, None, tuple(problems))
     return CompiledRole(name, role)
 
@@ -192,14 +173,14 @@ def token_expiry(token: Mapping[str, Any], now: datetime) -> datetime | None:
             return parse_timestamp(status["expiresAt"])
         except ValueError:
             pass
-    ttl = _spec(token).get("ttl")
+    ttl = spec_of(token).get("ttl")
     if ttl is None:
         return None
     try:
         seconds = parse_duration(str(ttl))
     except ValueError as exc:
         raise InvalidSpec(f"spec.ttl: {exc}") from exc
-    created = _meta(token).get("creationTimestamp")
+    created = meta_of(token).get("creationTimestamp")
     start = now
     if isinstance(created, str):
         with contextlib.suppress(ValueError):
@@ -208,25 +189,25 @@ def token_expiry(token: Mapping[str, Any], now: datetime) -> datetime | None:
 
 
 def token_roles(token: Mapping[str, Any]) -> list[str]:
-    roles = _spec(token).get("roles")
+    roles = spec_of(token).get("roles")
     if not isinstance(roles, list):
         return []
     return list(dict.fromkeys(str(r) for r in roles))
 
 
 def service_account_subject(token: Mapping[str, Any]) -> ServiceAccountRef | None:
-    subject = _spec(token).get("subject")
+    subject = spec_of(token).get("subject")
     if not isinstance(subject, Mapping):
         return None
     sa = subject.get("serviceAccount")
     if not isinstance(sa, Mapping) or not sa.get("name"):
         return None
-    namespace = sa.get("namespace") or _meta(token).get("namespace") or "default"
+    namespace = sa.get("namespace") or meta_of(token).get("namespace") or "default"
     return ServiceAccountRef(namespace=str(namespace), name=str(sa["name"]))
 
 
 def secret_name(token: Mapping[str, Any]) -> str:
-    return str(_spec(token).get("secretName") or f"{_name(token)}-rdsgate")
+    return str(spec_of(token).get("secretName") or f"{name_of(token)}-rdsgate")
 
 
 def subject_text(token: Mapping[str, Any]) -> str:
@@ -274,7 +255,7 @@ def _token_findings(
     credential: Credential | None,
     now: datetime,
 ) -> TokenFindings:
-    name = _name(token)
+    name = name_of(token)
     sa = service_account_subject(token)
     problems: list[Problem] = []
     try:
@@ -302,7 +283,7 @@ def _token_findings(
                     "Token are refused until it is fixed"
                 )
             )
-    database = _spec(token).get("database")
+    database = spec_of(token).get("database")
     if database and str(database) not in database_names:
         problems.append(
             ReferenceNotFound(
@@ -349,7 +330,7 @@ def compile_namespace(
 ) -> NamespaceAccess:
     """The access bundle of every live Database in a namespace, and what each Role and Token
     contributes; `credentials` maps Token names to their secret's digest (or its problem)."""
-    dbs = {_name(d): _labels(d) for d in live(databases)}
+    dbs = {name_of(d): labels_of(d) for d in live(databases)}
     compiled = {r.name: r for r in (compile_role(obj) for obj in live(roles))}
 
     role_findings = {
@@ -368,13 +349,27 @@ def compile_namespace(
 
     grants_by_db: dict[str, list[Grant]] = {db: [] for db in dbs}
     token_findings: dict[str, TokenFindings] = {}
+    #: ServiceAccount → the Token (the first by name) whose grant it is.
+    holders: dict[tuple[str, str], str] = {}
     for token in live(tokens):
         found = _token_findings(
-            token, namespace, compiled, set(dbs), credentials.get(_name(token)), now
+            token, namespace, compiled, set(dbs), credentials.get(name_of(token)), now
         )
         token_findings[found.name] = found
         if found.grant is None:
             continue
+        sa = found.grant.service_account
+        if sa is not None:
+            holder = holders.setdefault((sa.namespace, sa.name), found.name)
+            if holder != found.name:
+                found.problems.append(
+                    DuplicateServiceAccount(
+                        f"ServiceAccount {sa.namespace}/{sa.name} already has Token {holder!r}: "
+                        "one Token per ServiceAccount; put the roles on that Token"
+                    )
+                )
+                found.grant = None
+                continue
         touched: set[str] = set()
         for role_name in found.grant.roles:
             if role_name in role_findings:
@@ -492,7 +487,7 @@ def token_secret_data(
     client: pki.KeyPair,
 ) -> dict[str, str | None]:
     """The Token Secret's `data` (base64), with None for every owned key it must not carry."""
-    spec = _spec(token)
+    spec = spec_of(token)
     values: dict[str, str | bytes] = {
         "token": secret,
         "ca.crt": ca_pem,

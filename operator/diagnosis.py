@@ -4,7 +4,9 @@ Each proxy pod runs `rdsgate diagnose`'s checks with its own AWS identity and se
 latest findings on its metrics port at `/diagnose`; the operator collects them from the
 ready pods of a Database and folds them into the conditions `CredentialsAvailable`,
 `UpstreamReachable`, `UpstreamAuthenticated` and `TargetsHealthy`. Across pods the worst
-answer wins (False over Unknown over True), naming the pod it came from.
+answer wins (False over Unknown over True), naming the pod it came from. An Event is posted
+when a condition's status or reason changes (`status.STATUS_AND_REASON`), not when only its
+message does: a Warning for False, Normal otherwise.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from rdsgate.proxy.diagnose import CONDITION_CHECKS, Finding, conditions
 
-from .status import Condition, ConditionStatus, EventSpec, EventType
+from .status import Condition, ConditionStatus
 
 CONDITION_TYPES: tuple[str, ...] = tuple(CONDITION_CHECKS)
 _RANK: dict[str, int] = {"False": 0, "Unknown": 1, "True": 2}
@@ -35,7 +37,7 @@ def diagnosis_conditions(reports: Mapping[str, Report]) -> list[Condition]:
     """One condition per type from every pod's report (pod name → findings or an error)."""
     if not reports:
         return [
-            Condition(t, "Unknown", "NoProxyPods", "no ready proxy pod has reported yet")
+            _condition(t, "Unknown", "NoProxyPods", "no ready proxy pod has reported yet")
             for t in CONDITION_TYPES
         ]
     per_type: dict[str, tuple[int, str, dict[str, str]]] = {}
@@ -74,22 +76,16 @@ def diagnosis_conditions(reports: Mapping[str, Report]) -> list[Condition]:
         message = cond["message"]
         if len(reports) > 1:
             message = f"pod {pod}: {message}"
-        out.append(Condition(ctype, _status(cond["status"]), cond["reason"], message))
+        out.append(_condition(ctype, _status(cond["status"]), cond["reason"], message))
     return out
 
 
-def diagnosis_events(
-    current: Sequence[Mapping[str, Any]] | None, wanted: Sequence[Condition]
-) -> list[EventSpec]:
-    """An Event when a condition's status or reason changes (not on every new timing)."""
-    by_type = {c.get("type"): c for c in current or () if isinstance(c, Mapping)}
-    events = []
-    for cond in wanted:
-        old = by_type.get(cond.type)
-        if old is not None and (old.get("status"), old.get("reason")) == (cond.status, cond.reason):
-            continue
-        if old is None and cond.status == "Unknown":
-            continue
-        kind: EventType = "Warning" if cond.status == "False" else "Normal"
-        events.append(EventSpec(kind, cond.reason, f"{cond.type}={cond.status}: {cond.message}"))
-    return events
+def _condition(type_: str, status: ConditionStatus, reason: str, message: str) -> Condition:
+    return Condition(
+        type_,
+        status,
+        reason,
+        message,
+        event="Warning" if status == "False" else "Normal",
+        event_message=f"{type_}={status}: {message}",
+    )

@@ -3,15 +3,21 @@
 Two reconcilers, each level-based (they look at the whole current state, never at the
 event that woke them), so any trigger may call them any number of times:
 
-- `reconcile_database` renders and applies one Database's children and sets its status;
+- `reconcile_database` renders and applies one Database's children and sets its status; of
+  the access it only needs its own access Secret to exist (a compile creates it if not);
 - `sync_access` compiles a namespace's Roles and Tokens into the access Secret of every
-  Database there, writes Token Secrets, and sets Role and Token status.
+  Database there, writes Token Secrets, and sets Role and Token status. It runs when a
+  Role, Token or Database is created, changed or deleted, when a Secret it wrote is edited
+  or deleted, and once per resync interval — not on every Database trigger.
 
 Problems (`status.Problem`) become conditions and Events here and only here; API errors
 become an `ApplyFailed` problem and a kopf retry (or, from watch events, a log line and the
-next resync). Runs are serialised and coalesced per Database and per namespace, so the
-concurrent triggers kopf delivers (sync handlers run in threads) neither race on the same
-objects nor pile up.
+next resync). One Token whose Secret cannot be written gets that problem and no grant; the
+rest of its namespace is compiled and written all the same. Runs are serialised and
+coalesced per Database and per namespace, so the concurrent triggers kopf delivers (sync
+handlers run in threads) neither race on the same objects nor pile up; the diagnosis timer
+takes the Database's lock too, so it and the reconcile never overwrite each other's
+conditions.
 """
 
 from __future__ import annotations
@@ -20,17 +26,18 @@ import asyncio
 import json
 import logging
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
 import kopf
 
-from rdsgate.proxy.access import secret_digest
+from rdsgate.proxy.access import secret_digest, utcnow
 from rdsgate.proxy.auth import client_certificate_uri
 
 from . import access, diagnosis, pki, render
@@ -55,7 +62,10 @@ from .kube import (
     owned_by,
 )
 from .metrics import OperatorMetrics
+from .objects import labels_of, meta_of, name_of
 from .status import (
+    EVERY_CHANGE,
+    STATUS_AND_REASON,
     ApplyFailed,
     Condition,
     EventSpec,
@@ -73,6 +83,8 @@ log = logging.getLogger(__name__)
 CLIENT_CERT_DAYS = 90
 RETRY_DELAY = 10.0
 DIAGNOSE_TIMEOUT = 3.0
+#: The longest name the API server takes (a DNS subdomain).
+NAME_MAX = 253
 #: Metric label of each reconciler's coalescing key.
 _KINDS = {"db": "database", "ns": "access"}
 
@@ -91,19 +103,30 @@ class Config:
     #: The ClusterRoleBinding (granting TokenReview) whose subjects are the proxies'
     #: ServiceAccounts; None leaves ServiceAccount-token log-ins to whoever grants it.
     tokenreview_binding: str | None = None
+    #: Images a Database may name in spec.proxy.image (a repository admits its every tag
+    #: and digest); empty: the repository of proxy_image.
+    allowed_proxy_images: tuple[str, ...] = ()
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    meta = obj.get("metadata")
-    return meta if isinstance(meta, Mapping) else {}
+    @property
+    def settings(self) -> render.Settings:
+        return render.Settings(self.proxy_image, self.cluster_domain, self.allowed_proxy_images)
 
 
 class Retry(Exception):
     """The reconcile hit API errors; its outcome is recorded, and it should run again soon."""
+
+
+@dataclass
+class SyncOutcome:
+    """What a namespace's access sync leaves to its callers: the problems of each Database
+    (its access Secret), and the API errors that call for a retry."""
+
+    database_problems: dict[str, list[Problem]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    def raise_errors(self) -> None:
+        if self.errors:
+            raise Retry("; ".join(self.errors))
 
 
 @dataclass
@@ -120,6 +143,11 @@ class Reconciler:
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     _slots: dict[tuple[str, ...], _Slot] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
+    #: (kind, namespace, name) → the resourceVersion of the operator's last write of it, so
+    #: that the watch event of its own write does not trigger another reconcile.
+    _written: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    #: namespace → when its access was last compiled (time.monotonic()).
+    _synced_at: dict[str, float] = field(default_factory=dict)
 
     def _slot(self, key: tuple[str, ...]) -> _Slot:
         with self._guard:
@@ -172,20 +200,49 @@ class Reconciler:
     # Status and Events, in one place
 
     def _set_status(
-        self, obj: Mapping[str, Any], fields: Mapping[str, Any], wanted: Sequence[Condition]
+        self,
+        obj: Mapping[str, Any],
+        fields: Mapping[str, Any],
+        wanted: Sequence[Condition],
+        *,
+        event_key: Sequence[str] = EVERY_CHANGE,
+        observe: bool = True,
     ) -> None:
+        """Merge `wanted` into the conditions `obj` (a fresh read) carries, set `fields`, and
+        post the Events the changes call for. `observe`: this run acted on the object's
+        generation, so it becomes `status.observedGeneration`."""
         status = obj.get("status")
         status = status if isinstance(status, Mapping) else {}
-        generation = _meta(obj).get("generation")
+        generation = meta_of(obj).get("generation")
         generation = generation if isinstance(generation, int) else None
         conditions = merge_conditions(
             status.get("conditions"), wanted, generation=generation, now=utcnow()
         )
-        self.kube.patch_status(
-            obj, {**fields, "observedGeneration": generation, "conditions": conditions}
-        )
-        for event in condition_events(status.get("conditions"), wanted):
+        patch = {**fields, "conditions": conditions}
+        if observe:
+            patch["observedGeneration"] = generation
+        self.kube.patch_status(obj, patch)
+        for event in condition_events(status.get("conditions"), wanted, key=event_key):
             self.kube.post_event(obj, event)
+
+    # The operator's own writes
+
+    @staticmethod
+    def _key(obj: Mapping[str, Any]) -> tuple[str, str, str]:
+        meta = meta_of(obj)
+        return str(obj.get("kind")), str(meta.get("namespace")), str(meta.get("name"))
+
+    def _remember(self, result: str, obj: Mapping[str, Any]) -> None:
+        version = meta_of(obj).get("resourceVersion")
+        if result != "unchanged" and version:
+            with self._guard:
+                self._written[self._key(obj)] = str(version)
+
+    def wrote(self, obj: Mapping[str, Any]) -> bool:
+        """Whether `obj` (from a watch event) is exactly what the operator last wrote."""
+        version = meta_of(obj).get("resourceVersion")
+        with self._guard:
+            return version is not None and self._written.get(self._key(obj)) == str(version)
 
     # Owned objects
 
@@ -203,17 +260,12 @@ class Reconciler:
         kind = desired["kind"]
         if current is None:
             current = self.kube.get(kind_of(desired), meta["namespace"], meta["name"])
-        uid = str(_meta(owner).get("uid"))
+        uid = str(meta_of(owner).get("uid"))
         if current is not None and not owned_by(current, uid) and not (adopt and adopt(current)):
-            owner_kind, owner_name = owner.get("kind"), _meta(owner).get("name")
-            problems.append(
-                NameConflict(
-                    f"{kind} {meta['name']!r} already exists and is not managed by "
-                    f"{owner_kind} {owner_name!r}; delete or rename it"
-                )
-            )
+            problems.append(_name_conflict(kind, meta["name"], owner))
             return None
-        _, obj = self.kube.apply(desired, current)
+        result, obj = self.kube.apply(desired, current)
+        self._remember(result, obj)
         return obj
 
     def _prune(self, kind: Kind, namespace: str, name: str, owner_uid: str) -> None:
@@ -230,11 +282,10 @@ class Reconciler:
 
     def _reconcile_database(self, namespace: str, name: str) -> None:
         obj = self.kube.get(DATABASE, namespace, name)
-        if obj is None or _meta(obj).get("deletionTimestamp"):
+        if obj is None or meta_of(obj).get("deletionTimestamp"):
             return
         db = render.Database(obj)
         problems: list[Problem] = []
-        failed = False
         deployment: Mapping[str, Any] | None = None
         try:
             deployment = self._apply_children(db, problems)
@@ -242,7 +293,7 @@ class Reconciler:
             problems.append(exc)
         except KubeError as exc:
             problems.append(ApplyFailed(str(exc)))
-            failed = True
+        failed = any(isinstance(p, ApplyFailed) for p in problems)
         if deployment is None:
             try:
                 deployment = self.kube.get(DEPLOYMENT, namespace, db.child_name)
@@ -253,15 +304,18 @@ class Reconciler:
         fields, conditions = render.database_status(db, deployment, problems)
         self._set_status(obj, fields, conditions)
         if failed:
-            raise Retry(problems[-1].message)
+            raise Retry("; ".join(p.message for p in problems if isinstance(p, ApplyFailed)))
 
     def _apply_children(
         self, db: render.Database, problems: list[Problem]
     ) -> dict[str, Any] | None:
+        """Apply every child; a spec the operator refuses raises before anything is applied
+        (the running proxies keep the last good config)."""
         config = render.proxy_config(db)
+        settings = self.config.settings
+        render.proxy_image(db, settings)
         ns, obj = db.namespace, db.obj
-        access_problems = self._sync_access(ns).get(db.name, [])
-        problems.extend(access_problems)
+        self._ensure_access_secret(db, problems)
 
         service_account = render.service_account(db)
         if service_account is not None:
@@ -278,17 +332,11 @@ class Reconciler:
                 )
             self._prune(SERVICE_ACCOUNT, ns, db.child_name, db.uid)
 
-        tls_data = self._apply_tls(db, problems)
+        self._apply_tls(db, problems)
         cm_data = render.config_map_data(db, config, self.ca.cert_pem)
         self._apply_owned(render.config_map(db, cm_data), obj, problems)
         deployment = self._apply_owned(
-            render.deployment(
-                db,
-                render.Settings(self.config.proxy_image, self.config.cluster_domain),
-                render.config_hash(cm_data, tls_data),
-            ),
-            obj,
-            problems,
+            render.deployment(db, settings, render.config_hash(cm_data)), obj, problems
         )
         self._apply_owned(render.service(db), obj, problems)
         pdb = render.pod_disruption_budget(db)
@@ -298,8 +346,18 @@ class Reconciler:
             self._prune(PDB, ns, db.child_name, db.uid)
         return deployment
 
-    def _apply_tls(self, db: render.Database, problems: list[Problem]) -> Mapping[str, Any]:
-        """The server certificate's Secret (or cert-manager Certificate); its data for the hash."""
+    def _ensure_access_secret(self, db: render.Database, problems: list[Problem]) -> None:
+        """The Database's access Secret: written by the namespace's compile (run here if the
+        Secret is missing), never by the Database's own reconcile."""
+        current = self.kube.get(SECRET, db.namespace, db.access_secret_name)
+        if current is None:
+            outcome = self._sync_access(db.namespace)
+            problems.extend(outcome.database_problems.get(db.name, []))
+        elif not owned_by(current, db.uid):
+            problems.append(_name_conflict("Secret", db.access_secret_name, db.obj))
+
+    def _apply_tls(self, db: render.Database, problems: list[Problem]) -> None:
+        """The server certificate's Secret, or the cert-manager Certificate that writes it."""
         ns, names = db.namespace, render.server_names(db, self.config.cluster_domain)
         current = self.kube.get(SECRET, ns, db.tls_secret_name)
         if db.issuer_ref:
@@ -313,8 +371,7 @@ class Reconciler:
                     "certificates.cert-manager.io API); install it or remove issuerRef to use "
                     "the operator's CA"
                 ) from None
-            issued = (current or {}).get("data")
-            return issued if isinstance(issued, Mapping) else {}
+            return
 
         try:
             self._prune(CERTIFICATE, ns, db.child_name, db.uid)
@@ -330,12 +387,10 @@ class Reconciler:
             problems,
             current,
             adopt=lambda obj: bool(
-                (_meta(obj).get("annotations") or {}).get("cert-manager.io/certificate-name")
+                (meta_of(obj).get("annotations") or {}).get("cert-manager.io/certificate-name")
                 == db.child_name
             ),
         )
-        written: Mapping[str, Any] = desired["data"]
-        return written
 
     # What the proxies report
 
@@ -346,27 +401,21 @@ class Reconciler:
 
     def _diagnose_database(self, namespace: str, name: str) -> None:
         obj = self.kube.get(DATABASE, namespace, name)
-        if obj is None or _meta(obj).get("deletionTimestamp"):
+        if obj is None or meta_of(obj).get("deletionTimestamp"):
             return
-        db = render.Database(obj)
         reports: dict[str, diagnosis.Report] = {}
-        for pod in self.kube.list(POD, namespace, db.selector()):
+        for pod in self.kube.list(POD, namespace, render.Database(obj).selector()):
             address = _pod_metrics_address(pod)
             if address is not None:
-                reports[str(_meta(pod).get("name"))] = _fetch_diagnosis(address)
+                reports[name_of(pod)] = _fetch_diagnosis(address)
         wanted = diagnosis.diagnosis_conditions(reports)
-        status = obj.get("status") if isinstance(obj.get("status"), Mapping) else {}
-        current = (status or {}).get("conditions")
-        generation = _meta(obj).get("generation")
-        merged = merge_conditions(
-            current,
-            wanted,
-            generation=generation if isinstance(generation, int) else None,
-            now=utcnow(),
-        )
-        self.kube.patch_status(obj, {"conditions": merged})
-        for event in diagnosis.diagnosis_events(current, wanted):
-            self.kube.post_event(obj, event)
+        # The reconcile merges into the same conditions list: under its lock, and on a read
+        # made under it, each keeps what the other wrote. (The pods are asked outside it.)
+        with self._lock("db", namespace, name):
+            obj = self.kube.get(DATABASE, namespace, name)
+            if obj is None or meta_of(obj).get("deletionTimestamp"):
+                return
+            self._set_status(obj, {}, wanted, event_key=STATUS_AND_REASON, observe=False)
 
     def sync_tokenreview_subjects(self, namespace: str) -> None:
         """Keeps this namespace's proxy ServiceAccounts, and only them, in the TokenReview
@@ -378,7 +427,7 @@ class Reconciler:
             {
                 render.Database(db).service_account_name()
                 for db in self.kube.list(DATABASE, namespace)
-                if not _meta(db).get("deletionTimestamp")
+                if not meta_of(db).get("deletionTimestamp")
             }
         )
         for _ in range(5):
@@ -399,7 +448,7 @@ class Reconciler:
                     "",
                     binding_name,
                     {
-                        "metadata": {"resourceVersion": _meta(binding).get("resourceVersion")},
+                        "metadata": {"resourceVersion": meta_of(binding).get("resourceVersion")},
                         "subjects": subjects,
                     },
                 )
@@ -412,46 +461,97 @@ class Reconciler:
     # Access: Roles, Tokens, access Secrets
 
     def sync_access(self, namespace: str) -> None:
-        """Compile the namespace's Roles and Tokens into access Secrets, write Token Secrets."""
-        self._coalesced(("ns", namespace), lambda: self._sync_access_locked(namespace))
+        """Compile the namespace's Roles and Tokens into access Secrets, write Token Secrets.
 
-    def _sync_access(self, namespace: str) -> dict[str, list[Problem]]:
+        Raises Retry, after writing all it could, when the API refused something.
+        """
+        self._coalesced(
+            ("ns", namespace), lambda: self._sync_access_locked(namespace).raise_errors()
+        )
+
+    def resync_access(self, namespace: str, max_age: float) -> None:
+        """`sync_access`, unless the namespace was compiled within `max_age` seconds: every
+        Database's resync timer calls this, and one compile serves them all."""
+        with self._guard:
+            last = self._synced_at.get(namespace)
+        if last is None or time.monotonic() - last >= max_age:
+            self.sync_access(namespace)
+
+    def _sync_access(self, namespace: str) -> SyncOutcome:
         with self._lock("ns", namespace):
             return self._sync_access_locked(namespace)
 
-    def _sync_access_locked(self, namespace: str) -> dict[str, list[Problem]]:
-        """Compile the namespace's access and write it out; problems per Database."""
+    def _sync_access_locked(self, namespace: str) -> SyncOutcome:
+        """Compile the namespace's access and write it out, one object at a time: an object
+        the API refuses is reported (on its Token, or its Database) and the rest is written."""
         now = utcnow()
         databases = self.kube.list(DATABASE, namespace)
         roles = self.kube.list(ROLE, namespace)
         tokens = self.kube.list(TOKEN, namespace)
+        outcome = SyncOutcome()
 
         credentials: dict[str, access.Credential] = {}
         for token in access.live(tokens):
             if access.service_account_subject(token) is None:
-                credentials[str(_meta(token)["name"])] = self._token_secret(token, now)
+                credentials[name_of(token)] = self._token_credential(token, now, outcome)
         compiled = access.compile_namespace(namespace, databases, roles, tokens, credentials, now)
 
-        db_problems: dict[str, list[Problem]] = {}
         for obj in access.live(databases):
             db = render.Database(obj)
             bundle = compiled.bundles[db.name]
-            problems = db_problems.setdefault(db.name, [])
-            self._apply_owned(render.access_secret(db, access.bundle_yaml(bundle)), obj, problems)
-            self.kube.patch_status(obj, {"roles": len(bundle.roles), "grants": len(bundle.grants)})
-        for obj in access.live(roles):
-            fields, conditions = access.role_status(compiled.roles[str(_meta(obj)["name"])])
-            self._set_status(obj, fields, conditions)
-        for obj in access.live(tokens):
-            fields, conditions = access.token_status(compiled.tokens[str(_meta(obj)["name"])])
-            self._set_status(obj, fields, conditions)
-        return db_problems
+            problems = outcome.database_problems.setdefault(db.name, [])
+            try:
+                self._apply_owned(
+                    render.access_secret(db, access.bundle_yaml(bundle)), obj, problems
+                )
+                self.kube.patch_status(
+                    obj, {"roles": len(bundle.roles), "grants": len(bundle.grants)}
+                )
+            except KubeError as exc:
+                problems.append(ApplyFailed(str(exc)))
+                outcome.errors.append(str(exc))
+        statuses = [
+            (obj, access.role_status(compiled.roles[name_of(obj)])) for obj in access.live(roles)
+        ] + [
+            (obj, access.token_status(compiled.tokens[name_of(obj)])) for obj in access.live(tokens)
+        ]
+        for obj, (fields, conditions) in statuses:
+            try:
+                self._set_status(obj, fields, conditions)
+            except KubeError as exc:
+                outcome.errors.append(str(exc))
+        with self._guard:
+            self._synced_at[namespace] = time.monotonic()
+        return outcome
+
+    def _token_credential(
+        self, token: Mapping[str, Any], now: datetime, outcome: SyncOutcome
+    ) -> access.Credential:
+        """The Token's secret digest, or the problem that keeps it from having a grant; an
+        error here is this Token's alone."""
+        try:
+            return self._token_secret(token, now)
+        except KubeError as exc:
+            outcome.errors.append(str(exc))
+            return ApplyFailed(f"{exc} (retrying)")
+        except ValueError as exc:
+            name = access.secret_name(token)
+            outcome.errors.append(f"Token {name_of(token)}: {exc}")
+            return ApplyFailed(
+                f"cannot write Secret {name!r}: {exc}; if the Secret was edited by hand, "
+                "delete it and the operator writes it anew (with a new secret)"
+            )
 
     def _token_secret(self, token: Mapping[str, Any], now: datetime) -> access.Credential:
         """Write the Token's Secret (keeping its secret once generated); the secret's digest."""
-        meta = _meta(token)
+        meta = meta_of(token)
         ns, token_name = str(meta.get("namespace")), str(meta.get("name"))
         name = access.secret_name(token)
+        if len(name) > NAME_MAX:
+            return InvalidSpec(
+                f"the Secret name {name[:40]}... is longer than {NAME_MAX} characters; set "
+                "spec.secretName (the default is the Token's name followed by -rdsgate)"
+            )
         current = self.kube.get(SECRET, ns, name)
         if current is not None and not owned_by(current, str(meta.get("uid"))):
             return SecretConflict(
@@ -483,7 +583,8 @@ class Reconciler:
         data = access.token_secret_data(
             token, namespace=ns, secret=secret, ca_pem=self.ca.cert_pem, client=client
         )
-        result, _ = self.kube.apply(render.token_secret(token, name, data), current)
+        result, written = self.kube.apply(render.token_secret(token, name, data), current)
+        self._remember(result, written)
         if result == "created":
             self.kube.post_event(
                 token,
@@ -492,7 +593,7 @@ class Reconciler:
         return digest
 
     def owner_database(self, obj: Mapping[str, Any]) -> str | None:
-        for ref in _meta(obj).get("ownerReferences") or ():
+        for ref in meta_of(obj).get("ownerReferences") or ():
             if (
                 isinstance(ref, Mapping)
                 and ref.get("kind") == "Database"
@@ -525,9 +626,16 @@ MANAGED = {render.LABEL_MANAGED_BY: render.MANAGED_BY}
 WATCHED_CHILDREN = (DEPLOYMENT, SERVICE, CONFIG_MAP, SECRET)
 
 
+def _name_conflict(kind: str, name: str, owner: Mapping[str, Any]) -> NameConflict:
+    return NameConflict(
+        f"{kind} {name!r} already exists and is not managed by {owner.get('kind')} "
+        f"{name_of(owner)!r}; delete or rename it"
+    )
+
+
 def _pod_metrics_address(pod: Mapping[str, Any]) -> tuple[str, int] | None:
     """Where a ready proxy pod serves its metrics port (the container port named metrics)."""
-    if _meta(pod).get("deletionTimestamp"):
+    if meta_of(pod).get("deletionTimestamp"):
         return None
     status = pod.get("status") if isinstance(pod.get("status"), Mapping) else {}
     ip = (status or {}).get("podIP")
@@ -563,20 +671,28 @@ def _ns(namespace: str | None) -> str:
     return namespace or "default"
 
 
-def _retrying(fn: Callable[[], object]) -> None:
-    """Run a reconcile; API trouble becomes a kopf retry, not a crash or a traceback."""
-    try:
-        fn()
-    except (Retry, KubeError) as exc:
-        raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from None
+def _run_all(steps: Sequence[Callable[[], object]]) -> list[str]:
+    """Run every step, also after one failed; the API trouble they met."""
+    failures = []
+    for step in steps:
+        try:
+            step()
+        except (Retry, KubeError) as exc:
+            failures.append(str(exc))
+    return failures
 
 
-def _logged(fn: Callable[[], object]) -> None:
+def _retrying(*steps: Callable[[], object]) -> None:
+    """Run reconciles; API trouble becomes a kopf retry, not a crash or a traceback."""
+    failures = _run_all(steps)
+    if failures:
+        raise kopf.TemporaryError("; ".join(failures), delay=RETRY_DELAY)
+
+
+def _logged(*steps: Callable[[], object]) -> None:
     """For watch-event handlers, which kopf does not retry: the next trigger or resync will."""
-    try:
-        fn()
-    except (Retry, KubeError) as exc:
-        log.warning("will retry on the next change or resync: %s", exc)
+    for failure in _run_all(steps):
+        log.warning("will retry on the next change or resync: %s", failure)
 
 
 def _has_ttl(spec: Mapping[str, Any], **_: Any) -> bool:
@@ -618,8 +734,14 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     @kopf.on.create(*DB_RESOURCE, registry=registry)
     @kopf.on.update(*DB_RESOURCE, registry=registry)
     def database_changed(namespace: str | None, name: str, **_: Any) -> None:
-        _retrying(lambda: runtime.get().reconcile_database(_ns(namespace), name))
-        _retrying(lambda: runtime.get().sync_tokenreview_subjects(_ns(namespace)))
+        """Its labels may change which Tokens reach it: the namespace is compiled first (which
+        writes its access Secret), then its children are applied."""
+        reconciler, ns = runtime.get(), _ns(namespace)
+        _retrying(
+            lambda: reconciler.sync_access(ns),
+            lambda: reconciler.reconcile_database(ns, name),
+            lambda: reconciler.sync_tokenreview_subjects(ns),
+        )
 
     @kopf.timer(
         *DB_RESOURCE,
@@ -638,14 +760,22 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
         registry=registry,
     )
     def database_resync(namespace: str | None, name: str, **_: Any) -> None:
-        """Repairs drift in children that are not watched, renews certificates."""
-        _retrying(lambda: runtime.get().reconcile_database(_ns(namespace), name))
+        """Repairs drift in children that are not watched, renews certificates; compiles the
+        namespace once per interval (whichever Database's timer comes first)."""
+        reconciler, ns = runtime.get(), _ns(namespace)
+        _retrying(
+            lambda: reconciler.resync_access(ns, config.resync_interval / 2),
+            lambda: reconciler.reconcile_database(ns, name),
+        )
 
     @kopf.on.event(*DB_RESOURCE, registry=registry)
     def database_gone(type: str | None, namespace: str | None, **_: Any) -> None:
         if type == "DELETED":
-            _logged(lambda: runtime.get().sync_access(_ns(namespace)))
-            _logged(lambda: runtime.get().sync_tokenreview_subjects(_ns(namespace)))
+            reconciler, ns = runtime.get(), _ns(namespace)
+            _logged(
+                lambda: reconciler.sync_access(ns),
+                lambda: reconciler.sync_tokenreview_subjects(ns),
+            )
 
     for kind in WATCHED_CHILDREN:
 
@@ -657,14 +787,21 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
             id=f"child_event_{kind.plural}",
             registry=registry,
         )
-        def child_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
-            """A child edited or deleted by hand is put back at once; a Token Secret too."""
-            reconciler = runtime.get()
+        def child_event(type: str | None, body: kopf.Body, namespace: str | None, **_: Any) -> None:
+            """A child edited or deleted by hand is put back at once; a Token Secret too. The
+            event of the operator's own write is not a reason to run again."""
+            reconciler, ns = runtime.get(), _ns(namespace)
+            if type != "DELETED" and reconciler.wrote(body):
+                return
             owner = reconciler.owner_database(body)
-            if owner is not None:
-                _logged(lambda: reconciler.reconcile_database(_ns(namespace), owner))
-            elif render.LABEL_TOKEN in (_meta(body).get("labels") or {}):
-                _logged(lambda: reconciler.sync_access(_ns(namespace)))
+            labels = labels_of(body)
+            if render.LABEL_TOKEN in labels or (
+                owner is not None and labels.get(render.LABEL_COMPONENT) == "access"
+            ):
+                # Written by the namespace's compile (a Token Secret, an access Secret).
+                _logged(lambda: reconciler.sync_access(ns))
+            elif owner is not None:
+                _logged(lambda: reconciler.reconcile_database(ns, owner))
 
     for resource in (ROLE_RESOURCE, TOKEN_RESOURCE):
         plural = resource[2]

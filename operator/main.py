@@ -18,6 +18,7 @@ from pathlib import Path
 import kopf
 
 from .handlers import Config, Runtime, register
+from .render import image_repository
 
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -69,6 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=env("RDSGATE_PROXY_IMAGE") or default_proxy_image(),
         help="the rdsgate-proxy image for Databases that do not set spec.proxy.image "
         "(env RDSGATE_PROXY_IMAGE; default %(default)s)",
+    )
+    parser.add_argument(
+        "--allowed-proxy-image",
+        dest="allowed_proxy_images",
+        action="append",
+        default=None,
+        metavar="IMAGE",
+        help="an image a Database may name in spec.proxy.image: a repository (every tag and "
+        "digest of it) or an exact reference; repeat or comma-separate (env "
+        "RDSGATE_ALLOWED_PROXY_IMAGES); default: the repository of --proxy-image",
     )
     parser.add_argument(
         "--log-format",
@@ -129,6 +140,9 @@ def parse_config(args: argparse.Namespace) -> Config:
     namespaces = [ns for arg in (args.namespaces or []) for ns in _split(arg)]
     if not namespaces:
         namespaces = _split(os.environ.get("RDSGATE_WATCH_NAMESPACES"))
+    allowed = [image for arg in (args.allowed_proxy_images or []) for image in _split(arg)]
+    if not allowed:
+        allowed = _split(os.environ.get("RDSGATE_ALLOWED_PROXY_IMAGES"))
     return Config(
         proxy_image=args.proxy_image,
         operator_namespace=args.operator_namespace,
@@ -137,6 +151,7 @@ def parse_config(args: argparse.Namespace) -> Config:
         resync_interval=args.resync_interval,
         diagnose_interval=args.diagnose_interval,
         tokenreview_binding=args.proxy_tokenreview_binding,
+        allowed_proxy_images=tuple(dict.fromkeys(allowed)) or (image_repository(args.proxy_image),),
     )
 
 

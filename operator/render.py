@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import PurePosixPath
@@ -22,10 +22,11 @@ from cryptography import x509
 from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
 
-from rdsgate.proxy.config import ProxyConfig, format_validation_error
+from rdsgate.proxy.config import ProxyConfig
 
 from . import pki
 from .ca import b64, is_current
+from .objects import labels_of, meta_of, spec_of, spec_problems
 from .status import Condition, InvalidSpec, Problem
 
 API_VERSION = "rdsgate.dev/v1alpha1"
@@ -34,6 +35,9 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_TOKEN = "rdsgate.dev/token"  # noqa: S105 - a label key
+#: The Token's name on its Secret (a label value holds 63 characters; a name, 253).
+ANNOTATION_TOKEN = "rdsgate.dev/token-name"  # noqa: S105 - an annotation key
+LABEL_COMPONENT = "app.kubernetes.io/component"
 CONFIG_HASH = "rdsgate.dev/config-hash"
 IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"
 
@@ -52,6 +56,29 @@ DEFAULT_REPLICAS = 2
 SERVER_CERT_DAYS = 90
 DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+LABEL_VALUE_MAX = 63
+
+
+class ImageNotAllowed(InvalidSpec):
+    reason = "ImageNotAllowed"
+
+
+def image_repository(image: str) -> str:
+    """The image without its tag and digest (`registry:5000/team/rdsgate:1.2@sha256:…` →
+    `registry:5000/team/rdsgate`; a registry's port is not a tag)."""
+    name = image.split("@", 1)[0]
+    colon = name.rfind(":")
+    return name[:colon] if colon > name.rfind("/") else name
+
+
+def image_allowed(image: str, allowed: Sequence[str]) -> bool:
+    """Whether `image` is one of `allowed`: an entry that is a repository (no tag, no digest)
+    admits every tag and digest of it; an entry with a tag or digest admits exactly that."""
+    repository = image_repository(image)
+    return any(
+        image == entry or (entry == image_repository(entry) and repository == entry)
+        for entry in allowed
+    )
 
 
 @dataclass(frozen=True)
@@ -60,6 +87,12 @@ class Settings:
 
     proxy_image: str
     cluster_domain: str = "cluster.local"
+    #: Images a Database may name in spec.proxy.image; empty: the repository of proxy_image.
+    allowed_images: tuple[str, ...] = ()
+
+    @property
+    def allowed(self) -> tuple[str, ...]:
+        return self.allowed_images or (image_repository(self.proxy_image),)
 
 
 @dataclass(frozen=True)
@@ -70,8 +103,7 @@ class Database:
 
     @property
     def meta(self) -> Mapping[str, Any]:
-        m = self.obj.get("metadata")
-        return m if isinstance(m, Mapping) else {}
+        return meta_of(self.obj)
 
     @property
     def name(self) -> str:
@@ -92,13 +124,11 @@ class Database:
 
     @property
     def labels(self) -> dict[str, str]:
-        labels = self.meta.get("labels")
-        return {str(k): str(v) for k, v in labels.items()} if isinstance(labels, Mapping) else {}
+        return labels_of(self.obj)
 
     @property
     def spec(self) -> Mapping[str, Any]:
-        s = self.obj.get("spec")
-        return s if isinstance(s, Mapping) else {}
+        return spec_of(self.obj)
 
     def section(self, key: str) -> Mapping[str, Any]:
         value = self.spec.get(key)
@@ -144,7 +174,7 @@ class Database:
     def labels_for(self, component: str) -> dict[str, str]:
         return {
             **self.selector(),
-            "app.kubernetes.io/component": component,
+            LABEL_COMPONENT: component,
             LABEL_MANAGED_BY: MANAGED_BY,
         }
 
@@ -162,7 +192,7 @@ def owner_reference(
     }
 
 
-def _meta(db: Database, name: str, component: str, **extra: Any) -> dict[str, Any]:
+def _child_meta(db: Database, name: str, component: str, **extra: Any) -> dict[str, Any]:
     return {
         "name": name,
         "namespace": db.namespace,
@@ -196,15 +226,6 @@ def _spec_path(loc: tuple[str | int, ...]) -> str:
         if parts[: len(prefix)] == prefix:
             return ".".join([target, *(to_camel(p) for p in parts[len(prefix) :])])
     return ".".join(["spec", *(to_camel(p) for p in parts)])
-
-
-def _config_problems(exc: ValidationError) -> list[Problem]:
-    problems: list[Problem] = []
-    for err, line in zip(exc.errors(), format_validation_error(exc), strict=True):
-        message = line.split(": ", 1)[1] if ": " in line else line
-        message = re.sub(r"^(Value error|Assertion failed), ", "", message)
-        problems.append(InvalidSpec(f"{_spec_path(tuple(err['loc']))}: {message}"))
-    return problems
 
 
 def _check_names(db: Database) -> None:
@@ -274,7 +295,7 @@ def proxy_config(db: Database) -> ProxyConfig:
     try:
         return ProxyConfig.model_validate(data)
     except ValidationError as exc:
-        problems = _config_problems(exc)
+        problems = spec_problems(exc, _spec_path)
         raise InvalidSpec("; ".join(p.message for p in problems)) from exc
 
 
@@ -297,7 +318,7 @@ def config_map(db: Database, data: Mapping[str, str | None]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta(db, db.child_name, "config"),
+        "metadata": _child_meta(db, db.child_name, "config"),
         "data": dict(data),
     }
 
@@ -325,7 +346,7 @@ def tls_secret(db: Database, pair: pki.KeyPair, ca_pem: bytes) -> dict[str, Any]
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": _meta(db, db.tls_secret_name, "tls"),
+        "metadata": _child_meta(db, db.tls_secret_name, "tls"),
         "type": "kubernetes.io/tls",
         "data": {
             "tls.crt": b64(pair.cert_pem),
@@ -341,7 +362,7 @@ def certificate(db: Database, names: list[str]) -> dict[str, Any]:
     return {
         "apiVersion": "cert-manager.io/v1",
         "kind": "Certificate",
-        "metadata": _meta(db, db.child_name, "tls"),
+        "metadata": _child_meta(db, db.child_name, "tls"),
         "spec": {
             "secretName": db.tls_secret_name,
             "commonName": names[0],
@@ -366,7 +387,7 @@ def access_secret(db: Database, bundle_text: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": _meta(db, db.access_secret_name, "access"),
+        "metadata": _child_meta(db, db.access_secret_name, "access"),
         "type": "Opaque",
         "data": {ACCESS_KEY: b64(bundle_text)},
     }
@@ -375,12 +396,11 @@ def access_secret(db: Database, bundle_text: str) -> dict[str, Any]:
 # Workload
 
 
-def config_hash(config_data: Mapping[str, str | None], tls_data: Mapping[str, Any]) -> str:
-    """What rolls the proxies: the config and TLS material, never the access bundle."""
-    material = {
-        "config": {k: v for k, v in sorted(config_data.items()) if v is not None},
-        "tls": {k: tls_data[k] for k in sorted(tls_data) if k in ("tls.crt", "tls.key", "ca.crt")},
-    }
+def config_hash(config_data: Mapping[str, str | None]) -> str:
+    """What rolls the proxies: the ConfigMap's data. Not the TLS material (the proxy reloads
+    its certificate files when they change, so a renewal drains no session) and never the
+    access bundle (reloaded too)."""
+    material = {k: v for k, v in sorted(config_data.items()) if v is not None}
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
@@ -394,7 +414,7 @@ def service_account(db: Database) -> dict[str, Any] | None:
     return {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": _meta(
+        "metadata": _child_meta(
             db,
             db.child_name,
             "proxy",
@@ -414,9 +434,30 @@ def _resources(db: Database) -> dict[str, Any]:
     }
 
 
+def proxy_image(db: Database, settings: Settings) -> str:
+    """The proxy image: spec.proxy.image if the operator allows it, else its own.
+
+    Raises ImageNotAllowed: whoever may create a Database must not choose what runs with
+    the proxy's ServiceAccount and the operator's rights to create Deployments.
+    """
+    image = db.section("proxy").get("image")
+    if not image or image == settings.proxy_image:
+        return settings.proxy_image
+    if not isinstance(image, str) or not image_allowed(image, settings.allowed):
+        allowed = ", ".join(
+            f"{a} (any tag or digest)" if a == image_repository(a) else a for a in settings.allowed
+        )
+        raise ImageNotAllowed(
+            f"spec.proxy.image {image!r} is not an allowed proxy image (allowed: {allowed}); "
+            f"remove spec.proxy.image to run {settings.proxy_image}, or have the operator "
+            "started with --allowed-proxy-image for it"
+        )
+    return image
+
+
 def deployment(db: Database, settings: Settings, config_hash_value: str) -> dict[str, Any]:
     proxy = db.section("proxy")
-    image = str(proxy.get("image") or settings.proxy_image)
+    image = proxy_image(db, settings)
     port = int(proxy.get("port", SERVICE_PORT))
     metrics_port = int(proxy.get("metricsPort", METRICS_PORT))
     selector = db.selector()
@@ -462,7 +503,7 @@ def deployment(db: Database, settings: Settings, config_hash_value: str) -> dict
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(db, db.child_name, "proxy"),
+        "metadata": _child_meta(db, db.child_name, "proxy"),
         "spec": {
             "replicas": db.replicas,
             "selector": {"matchLabels": selector},
@@ -504,7 +545,7 @@ def service(db: Database) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(db, db.name, "proxy"),
+        "metadata": _child_meta(db, db.name, "proxy"),
         "spec": {
             "type": "ClusterIP",
             "selector": db.selector(),
@@ -533,7 +574,7 @@ def pod_disruption_budget(db: Database) -> dict[str, Any] | None:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _meta(db, db.child_name, "proxy"),
+        "metadata": _child_meta(db, db.child_name, "proxy"),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": db.selector()}},
     }
 
@@ -554,7 +595,7 @@ def database_status(
     if deployment_obj:
         s = deployment_obj.get("status")
         dep_status = s if isinstance(s, Mapping) else {}
-        dep_generation = (deployment_obj.get("metadata") or {}).get("generation")
+        dep_generation = meta_of(deployment_obj).get("generation")
     ready = int(dep_status.get("readyReplicas") or 0)
     updated = int(dep_status.get("updatedReplicas") or 0)
     observed = dep_generation is not None and dep_status.get("observedGeneration") == dep_generation
@@ -635,10 +676,21 @@ def database_status(
 # The Token Secret
 
 
+def label_value(value: str) -> str:
+    """`value` as a label value (at most 63 characters): itself when it fits, else a prefix
+    and a hash of the whole, so that distinct values stay distinct."""
+    if len(value) <= LABEL_VALUE_MAX:
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()[:12]
+    prefix = value[: LABEL_VALUE_MAX - len(digest) - 1].rstrip("-._")
+    return f"{prefix}-{digest}"
+
+
 def token_secret(
     token: Mapping[str, Any], name: str, data: Mapping[str, str | None]
 ) -> dict[str, Any]:
-    meta = token.get("metadata") or {}
+    meta = meta_of(token)
+    token_name = str(meta.get("name"))
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -647,13 +699,12 @@ def token_secret(
             "namespace": meta.get("namespace"),
             "labels": {
                 LABEL_NAME: "rdsgate-token",
-                LABEL_INSTANCE: str(meta.get("name")),
+                LABEL_INSTANCE: label_value(token_name),
                 LABEL_MANAGED_BY: MANAGED_BY,
-                LABEL_TOKEN: str(meta.get("name")),
+                LABEL_TOKEN: label_value(token_name),
             },
-            "ownerReferences": [
-                owner_reference("Token", str(meta.get("name")), str(meta.get("uid")))
-            ],
+            "annotations": {ANNOTATION_TOKEN: token_name},
+            "ownerReferences": [owner_reference("Token", token_name, str(meta.get("uid")))],
         },
         "type": "Opaque",
         "data": dict(data),

@@ -59,13 +59,15 @@ class ApplyFailed(Problem):
 
 @dataclass(frozen=True, slots=True)
 class Condition:
-    """A wanted condition; `event` says which Event type to post when it changes (if any)."""
+    """A wanted condition; `event` says which Event type to post when it changes (if any),
+    `event_message` what the Event says when that is not the condition's message."""
 
     type: str
     status: ConditionStatus
     reason: str
     message: str
     event: EventType | None = None
+    event_message: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,23 +118,32 @@ def merge_conditions(
     return [by_type[t] for t in [*wanted_order, *others]]
 
 
+#: What makes a condition's change worth an Event: by default any change of status, reason or
+#: message; `STATUS_AND_REASON` for conditions whose message carries changing detail (the
+#: proxies' diagnostics name a pod, a latency, …).
+EVERY_CHANGE: tuple[str, ...] = ("status", "reason", "message")
+STATUS_AND_REASON: tuple[str, ...] = ("status", "reason")
+
+
 def condition_events(
-    current: Iterable[Mapping[str, Any]] | None, wanted: Sequence[Condition]
+    current: Iterable[Mapping[str, Any]] | None,
+    wanted: Sequence[Condition],
+    *,
+    key: Sequence[str] = EVERY_CHANGE,
 ) -> list[EventSpec]:
-    """Events for the wanted conditions whose status, reason or message differ from now."""
+    """Events for the wanted conditions (those with an `event`) whose `key` fields differ from
+    the current ones. A condition that first appears as Unknown says nothing yet: no Event."""
     by_type = {c.get("type"): c for c in current or () if isinstance(c, Mapping)}
     events = []
     for cond in wanted:
         if cond.event is None:
             continue
         old = by_type.get(cond.type)
-        if old is not None and (old.get("status"), old.get("reason"), old.get("message")) == (
-            cond.status,
-            cond.reason,
-            cond.message,
-        ):
+        if old is None and cond.status == "Unknown":
             continue
-        events.append(EventSpec(cond.event, cond.reason, cond.message))
+        if old is not None and all(old.get(k) == getattr(cond, k) for k in key):
+            continue
+        events.append(EventSpec(cond.event, cond.reason, cond.event_message or cond.message))
     return events
 
 

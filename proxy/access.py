@@ -181,9 +181,18 @@ class AccessFile(Model):
 
     @model_validator(mode="after")
     def _unique_names(self) -> AccessFile:
+        # The policy keeps one grant per ServiceAccount: a second would silently do nothing.
         for what, names in (
             ("role name", [r.name for r in self.roles]),
             ("grant identity", [g.identity for g in self.grants]),
+            (
+                "grant serviceAccount",
+                [
+                    f"{g.service_account.namespace}/{g.service_account.name}"
+                    for g in self.grants
+                    if g.service_account is not None
+                ],
+            ),
         ):
             seen: set[str] = set()
             for n in names:

@@ -36,6 +36,7 @@ from rich.text import Text
 
 from rdsgate.proxy.durations import format_duration, parse_duration
 
+from ..objects import spec_of
 from .errors import CliError
 from .exitcodes import (
     EXIT_DENIED,
@@ -60,7 +61,6 @@ from .resources import (
     list_roles,
     name_of,
     open_session,
-    spec_of,
     token_expired,
     token_expires_at,
     unique,

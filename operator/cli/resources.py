@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from ..objects import meta_of
 from ..status import parse_timestamp
 from .caller import Caller, who_am_i
 from .errors import CliError
@@ -53,16 +54,6 @@ def open_session(args: argparse.Namespace) -> Session:
 
 
 # Plain accessors on API objects (dicts), never raising on odd input
-
-
-def meta_of(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    meta = obj.get("metadata")
-    return meta if isinstance(meta, Mapping) else {}
-
-
-def spec_of(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    spec = obj.get("spec")
-    return spec if isinstance(spec, Mapping) else {}
 
 
 def name_of(obj: Mapping[str, Any]) -> str:

@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 from rdsgate.proxy.durations import format_duration, parse_duration
 
+from ..objects import meta_of, spec_of
 from .caller import (
     ANNOTATION_OWNER_NAME,
     ANNOTATION_OWNER_SOURCE,
@@ -44,9 +45,7 @@ from .resources import (
     caller_tokens,
     condition,
     conditions_text,
-    meta_of,
     name_of,
-    spec_of,
     token_expired,
     token_expires_at,
 )

@@ -69,6 +69,10 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "imagePullSecrets": [{"name": "regcred"}],
         "operator": {
             "proxyImage": "registry.example.com:5000/platform/rdsgate:0.1.0",
+            "allowedProxyImages": [
+                "registry.example.com:5000/platform/rdsgate",
+                "registry.example.com:5000/mirror/rdsgate:0.1.0",
+            ],
             "logFormat": "text",
             "verbose": True,
             "clusterDomain": "corp.internal",
@@ -223,6 +227,10 @@ def test_the_chart_environment_configures_the_operator(
     assert config.operator_namespace == NAMESPACE
     assert config.namespaces == ()
     assert config.proxy_image == "registry.example.com:5000/platform/rdsgate:0.1.0"
+    assert config.allowed_proxy_images == (
+        "registry.example.com:5000/platform/rdsgate",
+        "registry.example.com:5000/mirror/rdsgate:0.1.0",
+    )
     assert config.cluster_domain == "corp.internal"
     assert config.resync_interval == 120
     assert config.diagnose_interval == 30.5
@@ -240,6 +248,15 @@ def test_the_chart_environment_configures_the_operator(
         "shop",
         "billing",
     )
+
+    # By default the chart names no images: Databases may run tags and digests of the proxy
+    # image's repository only.
+    default_env = env_of(operator_container(rendered["default"]))
+    assert "RDSGATE_ALLOWED_PROXY_IMAGES" not in default_env
+    monkeypatch.delenv("RDSGATE_ALLOWED_PROXY_IMAGES")
+    monkeypatch.setenv("RDSGATE_PROXY_IMAGE", default_env["RDSGATE_PROXY_IMAGE"])
+    default = operator_main.parse_config(operator_main.build_parser().parse_args([]))
+    assert default.allowed_proxy_images == ("ghcr.io/rdsgate/rdsgate",)
 
 
 def test_namespaced_mode_grants_per_namespace(rendered: dict[str, list[dict[str, Any]]]) -> None:

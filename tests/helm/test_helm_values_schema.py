@@ -64,6 +64,14 @@ REJECTED: dict[str, tuple[dict[str, Any], str]] = {
         {"image": {"repository": "ghcr.io/rdsgate/rdsgate:0.1.0"}},
         "at '/image/repository': 'ghcr.io/rdsgate/rdsgate:0.1.0' does not match pattern",
     ),
+    "allowed proxy images as one string": (
+        {"operator": {"allowedProxyImages": "ghcr.io/rdsgate/rdsgate"}},
+        "at '/operator/allowedProxyImages': got string, want array",
+    ),
+    "an allowed proxy image that is no image": (
+        {"operator": {"allowedProxyImages": ["ghcr.io/Rdsgate/*"]}},
+        "at '/operator/allowedProxyImages/0': 'ghcr.io/Rdsgate/*' does not match pattern",
+    ),
     "bad resource quantity": (
         {"operator": {"resources": {"requests": {"cpu": "lots"}}}},
         "at '/operator/resources/requests/cpu': 'lots' does not match pattern",

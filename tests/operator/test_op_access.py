@@ -236,6 +236,48 @@ def test_a_service_account_subject_has_no_secret() -> None:
     assert pol.by_service_account[("shop", "web")].identity == "shop/web-sa"
 
 
+def test_one_token_per_service_account_the_second_is_refused() -> None:
+    prod = database("orders", env="prod")
+    web = {"serviceAccount": {"name": "web"}}
+    tokens = [
+        token("web-b", "everywhere", subject=web),
+        token("web-a", "app-rw", subject=web),
+        # The same name in another namespace is another ServiceAccount.
+        token(
+            "web-other-ns",
+            "everywhere",
+            subject={"serviceAccount": {"name": "web", "namespace": "x"}},
+        ),
+    ]
+    result = access.compile_namespace(NS, [prod], [EVERYWHERE, APP_RW], tokens, {}, NOW)
+    pol = policy(result, "orders")  # loads: the proxy refuses two grants for one account
+    assert pol.by_service_account[("shop", "web")].identity == "shop/web-a"  # first by name
+    assert pol.by_service_account[("x", "web")].identity == "shop/web-other-ns"
+    second = result.tokens["web-b"]
+    assert second.grant is None and second.databases == []
+    assert [(p.reason, p.message) for p in second.problems] == [
+        (
+            "DuplicateServiceAccount",
+            "ServiceAccount shop/web already has Token 'web-a': one Token per ServiceAccount; "
+            "put the roles on that Token",
+        )
+    ]
+    _, conditions = access.token_status(second)
+    assert (conditions[0].status, conditions[0].reason) == ("False", "DuplicateServiceAccount")
+    assert access.token_status(result.tokens["web-a"])[1][0].reason == "Granted"
+
+
+def test_an_expired_token_does_not_hold_its_service_account() -> None:
+    prod = database("orders", env="prod")
+    web = {"serviceAccount": {"name": "web"}}
+    old = token("web-a", "everywhere", created=NOW - timedelta(hours=2), ttl="1h", subject=web)
+    result = access.compile_namespace(
+        NS, [prod], [EVERYWHERE], [old, token("web-b", "everywhere", subject=web)], {}, NOW
+    )
+    assert policy(result, "orders").by_service_account[("shop", "web")].identity == "shop/web-b"
+    assert result.tokens["web-b"].problems == []
+
+
 def test_a_secret_conflict_keeps_the_grant_out() -> None:
     from rdsgate.operator.status import SecretConflict
 

@@ -54,3 +54,19 @@ def test_an_unknown_log_format_is_refused(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--log-format", "xml"])
     assert "invalid choice: 'xml'" in capsys.readouterr().err
+
+
+def test_allowed_proxy_images_default_to_the_proxy_image_repository(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("RDSGATE_ALLOWED_PROXY_IMAGES", raising=False)
+    monkeypatch.delenv("RDSGATE_PROXY_IMAGE", raising=False)
+    assert config([]).allowed_proxy_images == ("ghcr.io/rdsgate/rdsgate",)
+    pinned = config(["--proxy-image", "registry.example:5000/team/rdsgate@sha256:" + "ab" * 32])
+    assert pinned.allowed_proxy_images == ("registry.example:5000/team/rdsgate",)
+    assert config(
+        ["--allowed-proxy-image", "a/proxy,b/proxy:1", "--allowed-proxy-image", "c/proxy"]
+    ).allowed_proxy_images == ("a/proxy", "b/proxy:1", "c/proxy")
+    monkeypatch.setenv("RDSGATE_ALLOWED_PROXY_IMAGES", "mirror/rdsgate, corp/rdsgate:2")
+    assert config([]).allowed_proxy_images == ("mirror/rdsgate", "corp/rdsgate:2")
+    assert config(["--allowed-proxy-image", "x/y"]).allowed_proxy_images == ("x/y",)  # flags win

@@ -8,6 +8,7 @@ controller would.
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import os
@@ -24,12 +25,14 @@ from rdsgate.proxy.rbac import authorize
 from tests.fixtures.k8s import (
     EXAMPLES_DIR,
     Api,
+    ApiCall,
     ApiServer,
     OperatorProcess,
     operator_command,
     start_operator,
     wait_for,
 )
+from tests.operator.hooks import in_front_of, webhook
 
 CHILDREN = [
     ("ServiceAccount", "orders-rdsgate"),
@@ -310,6 +313,71 @@ def test_roles_tokens_and_labels_recompile_access(
             api, "Token", ns, "oncall-alice", "Ready", "False", "ReferenceNotFound"
         ),
         "the Token to report the missing Role",
+        diagnostics=op.tail,
+    )
+
+
+def test_secrets_the_access_compile_wrote_are_put_back(
+    api: Api, namespace: str, rdsgate_operator: OperatorProcess
+) -> None:
+    ns, op = namespace, rdsgate_operator
+    deploy_orders(api, ns, op)
+    # An access Secret edited by hand is written again at once.
+    empty = base64.b64encode(b"version: 1\n").decode()
+    api.patch("Secret", ns, "orders-rdsgate-access", {"data": {"access.yaml": empty}})
+    wait_for(
+        lambda: can_login(api, ns, "orders-app-db", "app", "orders"),
+        "the access Secret to be repaired",
+        diagnostics=op.tail,
+    )
+    # A Token Secret deleted is a rotation: a new secret, and only the new one logs in.
+    old = api.get("Secret", ns, "orders-app-db")
+    assert old is not None
+    api.delete("Secret", ns, "orders-app-db")
+
+    def rotated() -> bool:
+        new = api.get("Secret", ns, "orders-app-db")
+        return bool(
+            new
+            and Api.secret_text(new, "token") != Api.secret_text(old, "token")
+            and can_login(api, ns, "orders-app-db", "app", "orders")
+        )
+
+    wait_for(rotated, "the Token Secret to be written anew", diagnostics=op.tail)
+    policy = access_policy(api, ns)
+    assert policy is not None and policy.grant_for_secret(Api.secret_text(old, "token")) is None
+
+
+def test_a_token_the_api_refuses_leaves_its_namespace_working(
+    api: Api, namespace: str, rdsgate_operator: OperatorProcess, k8s_api: ApiServer
+) -> None:
+    ns, op = namespace, rdsgate_operator
+    denied = 'admission webhook "secrets.policy.example.com" denied the request: not today'
+
+    def refuse(call: ApiCall, body: Any) -> str | None:
+        name = call.name or ((body or {}).get("metadata") or {}).get("name")
+        stuck = (call.namespace, call.resource, name) == (ns, "secrets", "stuck-rdsgate")
+        return denied if stuck else None
+
+    with in_front_of(k8s_api, webhook(k8s_api, refuse)):
+        api.create(
+            {"kind": "Token", "metadata": {"name": "stuck", "namespace": ns}}
+            | {"spec": {"roles": ["app-rw"]}}
+        )
+        deploy_orders(api, ns, op)  # the Database gets its proxies, orders-app its grant
+        stuck = wait_for(
+            lambda: condition_is(api, "Token", ns, "stuck", "Ready", "False", "ApplyFailed"),
+            "the refused Token to say so",
+            diagnostics=op.tail,
+        )
+        assert denied in stuck["message"]
+        assert condition_is(api, "Database", ns, "orders", "Degraded", "False")
+        assert bundle(api, ns) == (["app-rw"], [f"{ns}/orders-app"])
+    # Once the API takes it, the next compile (any change in the namespace) grants it.
+    api.create({"kind": "Role", "metadata": {"name": "nudge", "namespace": ns}, "spec": {}})
+    wait_for(
+        lambda: condition_is(api, "Token", ns, "stuck", "Ready", "True", "Granted"),
+        "the Token to be granted",
         diagnostics=op.tail,
     )
 

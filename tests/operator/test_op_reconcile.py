@@ -7,18 +7,21 @@ itself, with kopf triggering the same code, is in test_op_operator.py.
 
 from __future__ import annotations
 
+import base64
 import copy
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import kubernetes
 import pytest
 import yaml
 
-from rdsgate.operator.handlers import Config, Reconciler
+from rdsgate.operator.handlers import Config, Reconciler, Retry
 from rdsgate.operator.kube import Kube
-from rdsgate.proxy.access import parse_access, secret_digest
-from tests.fixtures.k8s import EXAMPLES_DIR, OPERATOR_NAMESPACE, Api, ApiServer
+from rdsgate.proxy.access import AccessPolicy, parse_access, secret_digest
+from tests.fixtures.k8s import EXAMPLES_DIR, OPERATOR_NAMESPACE, Api, ApiCall, ApiServer
+from tests.operator.hooks import Gate, in_front_of, webhook
 
 
 @pytest.fixture
@@ -51,6 +54,35 @@ def writes_during(k8s_api: ApiServer, fn: Any) -> list[tuple[str, str]]:
     before = len(k8s_api.emulator.writes)
     fn()
     return k8s_api.emulator.writes[before:]
+
+
+def policy_of(api: Api, namespace: str, db: str = "orders") -> AccessPolicy:
+    secret = api.get("Secret", namespace, f"{db}-rdsgate-access")
+    assert secret is not None, f"{db} has no access Secret"
+    return parse_access(yaml.safe_load(Api.secret_text(secret, "access.yaml")))
+
+
+def identities(api: Api, namespace: str, db: str = "orders") -> list[str]:
+    return [g.identity for g in policy_of(api, namespace, db).file.grants]
+
+
+def token(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "rdsgate.dev/v1alpha1",
+        "kind": "Token",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"roles": ["app-rw"], **spec},
+    }
+
+
+def mark_rolled_out(api: Api, namespace: str, name: str = "orders-rdsgate") -> None:
+    """What the Deployment controller would report once every proxy is ready."""
+    dep = api.get("Deployment", namespace, name)
+    assert dep is not None
+    n = dep["spec"]["replicas"]
+    status = {"observedGeneration": dep["metadata"]["generation"], "replicas": n}
+    status |= {"updatedReplicas": n, "readyReplicas": n, "availableReplicas": n}
+    api.patch("Deployment", namespace, name, {"status": status}, sub="status")
 
 
 def children(api: Api, namespace: str) -> dict[tuple[str, str], dict[str, Any]]:
@@ -308,3 +340,301 @@ def test_cert_manager_missing_is_reported(reconciler: Reconciler, api: Api, name
     degraded = Api.condition(api.get("Database", namespace, "orders"), "Degraded")
     assert degraded is not None and degraded["reason"] == "ReferenceNotFound"
     assert "cert-manager is not installed" in degraded["message"]
+
+
+# One bad Token, and the reconcilers' share of the work
+
+
+def secret_named(name: str) -> Callable[[ApiCall, Any], bool]:
+    def matches(call: ApiCall, body: Any) -> bool:
+        return call.resource == "secrets" and (
+            call.name == name or ((body or {}).get("metadata") or {}).get("name") == name
+        )
+
+    return matches
+
+
+def test_a_token_the_api_refuses_does_not_stop_its_namespace(
+    reconciler: Reconciler, api: Api, k8s_api: ApiServer, namespace: str
+) -> None:
+    ns = namespace
+    api.create(example("database.yaml", ns))
+    api.create(example("role-app-rw.yaml", ns))
+    api.create(example("token-orders-app.yaml", ns))
+    api.create(token(ns, "leaver"))
+    reconciler.sync_access(ns)
+    reconciler.reconcile_database(ns, "orders")
+    assert identities(api, ns) == [f"{ns}/leaver", f"{ns}/orders-app"]
+
+    # A webhook refuses one Token's Secret; meanwhile another Token is deleted.
+    stuck = secret_named("stuck-rdsgate")
+    denied = 'admission webhook "secrets.policy.example.com" denied the request: not today'
+    refuse = webhook(k8s_api, lambda call, body: denied if stuck(call, body) else None)
+    with in_front_of(k8s_api, refuse):
+        api.create(token(ns, "stuck"))
+        api.delete("Token", ns, "leaver")
+        with pytest.raises(Retry, match="denied the request"):
+            reconciler.sync_access(ns)
+        # The deleted Token's grant is gone all the same: revocation does not wait for it.
+        assert identities(api, ns) == [f"{ns}/orders-app"]
+        ready = Api.condition(api.get("Token", ns, "stuck"), "Ready")
+        assert ready is not None
+        assert (ready["status"], ready["reason"]) == ("False", "ApplyFailed")
+        assert denied in ready["message"]
+        assert [(e["type"], e["reason"]) for e in api.events(ns, "stuck")] == [
+            ("Warning", "ApplyFailed")
+        ]
+        granted = Api.condition(api.get("Token", ns, "orders-app"), "Ready")
+        assert granted is not None and granted["reason"] == "Granted"
+
+        # A Database of the namespace still gets its proxies and its access.
+        billing = example("database.yaml", ns)
+        billing["metadata"]["name"] = "billing"
+        api.create(billing)
+        reconciler.reconcile_database(ns, "billing")
+        assert api.get("Deployment", ns, "billing-rdsgate") is not None
+        degraded = Api.condition(api.get("Database", ns, "billing"), "Degraded")
+        assert degraded is not None and degraded["status"] == "False", degraded
+        assert identities(api, ns, "billing") == [f"{ns}/orders-app"]
+
+    # Once the API takes the Secret, the Token is granted.
+    reconciler.sync_access(ns)
+    assert identities(api, ns) == [f"{ns}/orders-app", f"{ns}/stuck"]
+    ready = Api.condition(api.get("Token", ns, "stuck"), "Ready")
+    assert ready is not None and ready["reason"] == "Granted"
+
+
+def test_a_token_secret_edited_into_garbage_is_that_tokens_problem(
+    reconciler: Reconciler, api: Api, namespace: str
+) -> None:
+    ns = namespace
+    api.create(example("database.yaml", ns))
+    api.create(example("role-app-rw.yaml", ns))
+    api.create(example("token-orders-app.yaml", ns))
+    api.create(token(ns, "other"))
+    reconciler.sync_access(ns)
+    not_text = base64.b64encode(b"\xff\xfe not UTF-8").decode()
+    api.patch("Secret", ns, "orders-app-db", {"data": {"token": not_text}})
+    with pytest.raises(Retry):
+        reconciler.sync_access(ns)
+    assert identities(api, ns) == [f"{ns}/other"]
+    ready = Api.condition(api.get("Token", ns, "orders-app"), "Ready")
+    assert ready is not None and (ready["status"], ready["reason"]) == ("False", "ApplyFailed")
+    assert ready["message"].startswith("cannot write Secret 'orders-app-db': ")
+    assert "delete it and the operator writes it anew" in ready["message"]
+    assert "Traceback" not in ready["message"]
+    api.delete("Secret", ns, "orders-app-db")
+    reconciler.sync_access(ns)
+    assert identities(api, ns) == [f"{ns}/orders-app", f"{ns}/other"]
+
+
+def test_a_long_token_name_still_gets_its_secret(
+    reconciler: Reconciler, api: Api, k8s_api: ApiServer, namespace: str
+) -> None:
+    ns = namespace
+
+    def label_validation(call: ApiCall, body: Any) -> str | None:
+        """The API server's own check, which the emulator does not make."""
+        labels = ((body or {}).get("metadata") or {}).get("labels") or {}
+        long = sorted(k for k, v in labels.items() if v is not None and len(str(v)) > 63)
+        return (
+            f"metadata.labels: Invalid value: {long}: must be no more than 63 characters"
+            if long
+            else None
+        )
+
+    name = "quarterly-reporting-" + "x" * 80
+    with in_front_of(k8s_api, webhook(k8s_api, label_validation)):
+        api.create(example("database.yaml", ns))
+        api.create(example("role-app-rw.yaml", ns))
+        api.create(token(ns, name))
+        reconciler.sync_access(ns)
+    secret = api.get("Secret", ns, f"{name}-rdsgate")
+    assert secret is not None
+    assert secret["metadata"]["annotations"]["rdsgate.dev/token-name"] == name
+    assert identities(api, ns) == [f"{ns}/{name}"]
+    ready = Api.condition(api.get("Token", ns, name), "Ready")
+    assert ready is not None and ready["reason"] == "Granted"
+
+    # A name so long that the default Secret name would not be a name: say what to set.
+    longest = "y" * 250
+    api.create(token(ns, longest))
+    reconciler.sync_access(ns)
+    ready = Api.condition(api.get("Token", ns, longest), "Ready")
+    assert ready is not None and (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    assert "is longer than 253 characters; set spec.secretName" in ready["message"]
+    assert identities(api, ns) == [f"{ns}/{name}"]
+
+
+def test_a_database_reconcile_does_not_compile_the_namespace(
+    reconciler: Reconciler, api: Api, k8s_api: ApiServer, namespace: str
+) -> None:
+    ns = namespace
+    api.create(example("database.yaml", ns))
+    api.create(example("role-app-rw.yaml", ns))
+    api.create(example("token-orders-app.yaml", ns))
+    reconciler.sync_access(ns)
+    reconciler.reconcile_database(ns, "orders")
+
+    # What wakes most reconciles: the Deployment's status. It reads no Role and no Token.
+    mark_rolled_out(api, ns)
+    before = len(k8s_api.emulator.calls)
+    reconciler.reconcile_database(ns, "orders")
+    calls = k8s_api.emulator.calls[before:]
+    assert [c for c in calls if c.resource in ("roles", "tokens")] == []
+    assert [c.verb for c in calls if c.resource == "secrets" and c.name.endswith("-access")] == [
+        "get"
+    ]
+    ready = Api.condition(api.get("Database", ns, "orders"), "Ready")
+    assert ready is not None and ready["reason"] == "ProxiesReady"
+
+    # A reconcile needs its own access Secret to exist: when it is gone, a compile writes it.
+    api.delete("Secret", ns, "orders-rdsgate-access")
+    reconciler.reconcile_database(ns, "orders")
+    assert identities(api, ns) == [f"{ns}/orders-app"]
+
+
+def test_the_operator_knows_the_events_of_its_own_writes(
+    reconciler: Reconciler, api: Api, namespace: str
+) -> None:
+    api.create(example("database.yaml", namespace))
+    api.create(example("role-app-rw.yaml", namespace))
+    api.create(example("token-orders-app.yaml", namespace))
+    reconciler.sync_access(namespace)
+    reconciler.reconcile_database(namespace, "orders")
+    for kind, name in [
+        ("Secret", "orders-rdsgate-access"),
+        ("Secret", "orders-app-db"),
+        ("Deployment", "orders-rdsgate"),
+    ]:
+        obj = api.get(kind, namespace, name)
+        assert obj is not None and reconciler.wrote(obj), f"{kind} {name}"
+    api.patch("Secret", namespace, "orders-rdsgate-access", {"data": {"access.yaml": "e30="}})
+    edited = api.get("Secret", namespace, "orders-rdsgate-access")
+    assert edited is not None and not reconciler.wrote(edited)
+    reconciler.sync_access(namespace)  # the hand edit is repaired
+    assert identities(api, namespace) == [f"{namespace}/orders-app"]
+
+
+# The diagnosis timer and the reconcile share the Database's conditions
+
+
+def is_pod_list(namespace: str) -> Callable[[ApiCall], bool]:
+    return lambda c: (c.verb, c.resource, c.namespace) == ("list", "pods", namespace)
+
+
+def test_the_diagnosis_merges_into_what_the_reconcile_wrote(
+    reconciler: Reconciler, api: Api, k8s_api: ApiServer, namespace: str
+) -> None:
+    ns = namespace
+    api.create(example("database.yaml", ns))
+    reconciler.reconcile_database(ns, "orders")
+    asking_proxies = Gate(is_pod_list(ns))
+    with in_front_of(k8s_api, asking_proxies):
+        diagnosing = threading.Thread(target=reconciler.diagnose_database, args=(ns, "orders"))
+        diagnosing.start()
+        assert asking_proxies.arrived.wait(10)
+        # While the diagnosis asks the proxies, they become ready and the reconcile says so.
+        mark_rolled_out(api, ns)
+        reconciler.reconcile_database(ns, "orders")
+        asking_proxies.opened.set()
+        diagnosing.join(10)
+    assert not diagnosing.is_alive()
+    db = api.get("Database", ns, "orders")
+    ready, creds = Api.condition(db, "Ready"), Api.condition(db, "CredentialsAvailable")
+    assert ready is not None and ready["reason"] == "ProxiesReady"
+    assert creds is not None and creds["reason"] == "NoProxyPods"
+
+
+def test_the_reconcile_and_the_diagnosis_take_turns(
+    reconciler: Reconciler, api: Api, k8s_api: ApiServer, namespace: str
+) -> None:
+    ns = namespace
+    api.create(example("database.yaml", ns))
+    reconciler.reconcile_database(ns, "orders")
+    mark_rolled_out(api, ns)
+    writing_status = Gate(
+        lambda c: (
+            (c.verb, c.resource, c.subresource, c.namespace) == ("patch", "databases", "status", ns)
+        )
+    )
+    asked_proxies = Gate(is_pod_list(ns), hold=False)
+    with in_front_of(k8s_api, writing_status, asked_proxies):
+        reconciling = threading.Thread(target=reconciler.reconcile_database, args=(ns, "orders"))
+        reconciling.start()
+        assert writing_status.arrived.wait(10)  # it has read the Database and merged
+        diagnosing = threading.Thread(target=reconciler.diagnose_database, args=(ns, "orders"))
+        diagnosing.start()
+        assert asked_proxies.arrived.wait(10)  # the diagnosis is ready to write as well
+        writing_status.opened.set()
+        reconciling.join(10)
+        diagnosing.join(10)
+    assert not reconciling.is_alive() and not diagnosing.is_alive()
+    db = api.get("Database", ns, "orders")
+    ready, creds = Api.condition(db, "Ready"), Api.condition(db, "CredentialsAvailable")
+    assert ready is not None and ready["reason"] == "ProxiesReady"
+    assert creds is not None and creds["reason"] == "NoProxyPods"
+
+
+# What a Database may run, and what rolls its proxies
+
+
+def test_a_proxy_image_the_operator_does_not_allow_is_not_run(
+    reconciler: Reconciler, api: Api, namespace: str
+) -> None:
+    ns = namespace
+    api.create(example("database.yaml", ns))
+    reconciler.reconcile_database(ns, "orders")
+    before = api.get("Deployment", ns, "orders-rdsgate")
+    assert before is not None
+    api.patch("Database", ns, "orders", {"spec": {"proxy": {"image": "docker.io/evil/miner:1"}}})
+    reconciler.reconcile_database(ns, "orders")
+    after = api.get("Deployment", ns, "orders-rdsgate")
+    assert after is not None
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert after["spec"]["template"]["spec"]["containers"][0]["image"] == "rdsgate:test"
+    degraded = Api.condition(api.get("Database", ns, "orders"), "Degraded")
+    assert degraded is not None
+    assert (degraded["status"], degraded["reason"]) == ("True", "ImageNotAllowed")
+    assert degraded["message"].startswith(
+        "spec.proxy.image 'docker.io/evil/miner:1' is not an allowed proxy image "
+        "(allowed: rdsgate (any tag or digest))"
+    )
+    assert ("Warning", "ImageNotAllowed") in [
+        (e["type"], e["reason"]) for e in api.events(ns, "orders")
+    ]
+    # Another tag of the operator's own image is fine.
+    api.patch("Database", ns, "orders", {"spec": {"proxy": {"image": "rdsgate:next"}}})
+    reconciler.reconcile_database(ns, "orders")
+    dep = api.get("Deployment", ns, "orders-rdsgate")
+    assert dep is not None
+    assert dep["spec"]["template"]["spec"]["containers"][0]["image"] == "rdsgate:next"
+
+    # A new Database with an image not allowed gets no Deployment at all.
+    evil = example("database.yaml", ns)
+    evil["metadata"]["name"] = "evil"
+    evil["spec"]["proxy"]["image"] = "docker.io/evil/miner:1"
+    api.create(evil)
+    reconciler.reconcile_database(ns, "evil")
+    assert api.get("Deployment", ns, "evil-rdsgate") is None
+    degraded = Api.condition(api.get("Database", ns, "evil"), "Degraded")
+    assert degraded is not None and degraded["reason"] == "ImageNotAllowed"
+
+
+def test_a_renewed_server_certificate_does_not_roll_the_proxies(
+    reconciler: Reconciler, api: Api, namespace: str
+) -> None:
+    api.create(example("database.yaml", namespace))
+    reconciler.reconcile_database(namespace, "orders")
+    tls = api.get("Secret", namespace, "orders-rdsgate-tls")
+    deployment = api.get("Deployment", namespace, "orders-rdsgate")
+    assert tls is not None and deployment is not None
+    # A new certificate, as a renewal writes one (the proxy reloads the files itself).
+    api.delete("Secret", namespace, "orders-rdsgate-tls")
+    reconciler.reconcile_database(namespace, "orders")
+    renewed = api.get("Secret", namespace, "orders-rdsgate-tls")
+    assert renewed is not None
+    assert renewed["data"]["tls.crt"] != tls["data"]["tls.crt"]
+    after = api.get("Deployment", namespace, "orders-rdsgate")
+    assert after is not None
+    assert after["metadata"]["resourceVersion"] == deployment["metadata"]["resourceVersion"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -49,9 +50,7 @@ def children(db: render.Database) -> list[dict[str, Any]]:
         render.config_map(db, cm_data),
         tls,
         render.access_secret(db, "version: 1\n"),
-        render.deployment(
-            db, render.Settings("rdsgate:1"), render.config_hash(cm_data, tls["data"])
-        ),
+        render.deployment(db, render.Settings("rdsgate:1"), render.config_hash(cm_data)),
         render.service(db),
         render.pod_disruption_budget(db),
     ]
@@ -266,23 +265,27 @@ def test_a_name_that_cannot_be_a_service_is_refused() -> None:
         render.proxy_config(render.Database(obj))
 
 
-def test_config_hash_follows_config_and_tls_but_not_access() -> None:
+def test_config_hash_follows_the_config_but_not_tls_or_access() -> None:
     db = make_db()
     config = render.proxy_config(db)
     data = render.config_map_data(db, config, CA.cert_pem)
-    tls = {"tls.crt": "a", "tls.key": "b", "ca.crt": "c"}
-    base = render.config_hash(data, tls)
-    assert base == render.config_hash(dict(reversed(list(data.items()))), tls)
-    assert render.config_hash(data, {**tls, "tls.crt": "renewed"}) != base
+    base = render.config_hash(data)
+    assert base == render.config_hash(dict(reversed(list(data.items()))))
     changed = render.config_map_data(
         make_db(proxy__maxConnections=10),
         render.proxy_config(make_db(proxy__maxConnections=10)),
         CA.cert_pem,
     )
-    assert render.config_hash(changed, tls) != base
+    assert render.config_hash(changed) != base
+    # A renewed server certificate is a new TLS Secret but the same pod template: the proxy
+    # reloads its certificate files, so a renewal must not roll (and drain) the proxies.
+    names = render.server_names(db, "cluster.local")
+    first = render.tls_secret(db, render.server_keypair(None, CA, names, NOW), CA.cert_pem)
+    renewed = render.tls_secret(db, render.server_keypair(None, CA, names, NOW), CA.cert_pem)
+    assert first["data"]["tls.crt"] != renewed["data"]["tls.crt"]
     # Access changes do not roll the pods: the bundle is not an input, and a relabelled
     # Database changes the config (labels are in it) — which is the re-selection path.
-    dep_a = render.deployment(db, render.Settings("i"), base)
+    dep_a = render.deployment(db, render.Settings("i"), render.config_hash(data))
     dep_b = render.deployment(db, render.Settings("i"), base)
     assert dep_a == dep_b
     assert dep_a["spec"]["template"]["metadata"]["annotations"] == {"rdsgate.dev/config-hash": base}
@@ -406,3 +409,87 @@ def test_scaled_to_zero() -> None:
         make_db(proxy__replicas=0), {"metadata": {}, "status": {}}, []
     )
     assert (conds[0].status, conds[0].reason) == ("False", "ScaledToZero")
+
+
+# Which proxy images a Database may run
+
+
+@pytest.mark.parametrize(
+    ("image", "repository"),
+    [
+        ("ghcr.io/rdsgate/rdsgate:1.2.0", "ghcr.io/rdsgate/rdsgate"),
+        (
+            "registry.example.com:5000/platform/rdsgate:0.1.0",
+            "registry.example.com:5000/platform/rdsgate",
+        ),
+        (
+            "registry.example.com:5000/platform/rdsgate",
+            "registry.example.com:5000/platform/rdsgate",
+        ),
+        ("ghcr.io/rdsgate/rdsgate@sha256:" + "ab" * 32, "ghcr.io/rdsgate/rdsgate"),
+        ("ghcr.io/rdsgate/rdsgate:1.2@sha256:" + "ab" * 32, "ghcr.io/rdsgate/rdsgate"),
+        ("rdsgate:test", "rdsgate"),
+    ],
+)
+def test_image_repository_drops_tag_and_digest_not_the_port(image: str, repository: str) -> None:
+    assert render.image_repository(image) == repository
+
+
+def test_only_allowed_proxy_images_are_run() -> None:
+    settings = render.Settings("ghcr.io/rdsgate/rdsgate:1.2.0")
+    assert settings.allowed == ("ghcr.io/rdsgate/rdsgate",)
+    for allowed in (
+        None,  # no spec.proxy.image: the operator's own
+        "ghcr.io/rdsgate/rdsgate:1.3.0",
+        "ghcr.io/rdsgate/rdsgate@sha256:" + "cd" * 32,
+    ):
+        dep = render.deployment(make_db(proxy__image=allowed), settings, "h")
+        image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
+        assert image == allowed or (allowed is None and image == "ghcr.io/rdsgate/rdsgate:1.2.0")
+    for refused in (
+        "docker.io/attacker/miner:latest",
+        "ghcr.io/rdsgate/rdsgate-evil:1.2.0",  # a prefix is not the repository
+        "ghcr.io/rdsgate:1.2.0",
+    ):
+        with pytest.raises(render.ImageNotAllowed) as info:
+            render.deployment(make_db(proxy__image=refused), settings, "h")
+        assert info.value.reason == "ImageNotAllowed"
+        assert info.value.message == (
+            f"spec.proxy.image {refused!r} is not an allowed proxy image (allowed: "
+            "ghcr.io/rdsgate/rdsgate (any tag or digest)); remove spec.proxy.image to run "
+            "ghcr.io/rdsgate/rdsgate:1.2.0, or have the operator started with "
+            "--allowed-proxy-image for it"
+        )
+    # An exact reference admits exactly that; a repository, all of it.
+    pinned = render.Settings("rdsgate:1", allowed_images=("corp/rdsgate:2", "mirror/rdsgate"))
+    assert render.proxy_image(make_db(proxy__image="corp/rdsgate:2"), pinned) == "corp/rdsgate:2"
+    assert (
+        render.proxy_image(make_db(proxy__image="mirror/rdsgate:9"), pinned) == "mirror/rdsgate:9"
+    )
+    assert render.proxy_image(make_db(proxy__image="rdsgate:1"), pinned) == "rdsgate:1"
+    with pytest.raises(render.ImageNotAllowed):
+        render.proxy_image(make_db(proxy__image="corp/rdsgate:3"), pinned)
+
+
+# The Token Secret
+
+
+def test_a_long_token_name_fits_the_secret_labels() -> None:
+    name = "a-very-long-token-name." + "x" * 90 + ".end"
+    token = {"metadata": {"name": name, "namespace": "shop", "uid": "u"}}
+    secret = render.token_secret(token, "s", {"token": "dA=="})
+    labels = secret["metadata"]["labels"]
+    assert all(len(v) <= 63 for v in labels.values())
+    value = labels["rdsgate.dev/token"]
+    assert re.fullmatch(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]", value)
+    assert value.startswith("a-very-long-token-name.")
+    assert labels["app.kubernetes.io/instance"] == value
+    assert secret["metadata"]["annotations"] == {"rdsgate.dev/token-name": name}
+    # Distinct names stay distinct; a short name is its own label value.
+    other = {"metadata": {"name": name[:-1] + "f", "namespace": "shop", "uid": "u"}}
+    assert render.token_secret(other, "s", {})["metadata"]["labels"]["rdsgate.dev/token"] != value
+    short = {"metadata": {"name": "orders-app", "namespace": "shop", "uid": "u"}}
+    assert render.token_secret(short, "s", {})["metadata"]["labels"]["rdsgate.dev/token"] == (
+        "orders-app"
+    )
+    kubernetes_validate.validate(secret, "1.33.0", strict=True)

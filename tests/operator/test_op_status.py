@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from rdsgate.operator import diagnosis
 from rdsgate.operator.status import (
+    STATUS_AND_REASON,
     Condition,
     EventSpec,
     InvalidSpec,
@@ -14,6 +16,7 @@ from rdsgate.operator.status import (
     problems_condition,
     timestamp,
 )
+from rdsgate.proxy.diagnose import Finding, Status
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)
@@ -85,6 +88,40 @@ def test_an_event_is_posted_once_per_problem_and_again_when_it_changes() -> None
     assert condition_events(stored, [worse]) == [
         EventSpec("Warning", "InvalidSpec", "spec.aws: bad")
     ]
+
+
+def test_diagnosis_events_follow_status_and_reason_not_message() -> None:
+    """The proxies' diagnostics go through the same Events as every condition, keyed on status
+    and reason: a new latency in the message is no news, a new reason is."""
+    first = diagnosis.diagnosis_conditions({})
+    # Nothing known yet (Unknown on first appearance) is not worth an Event.
+    assert condition_events(None, first, key=STATUS_AND_REASON) == []
+    stored = merge_conditions(None, first, generation=1, now=T0)
+    failing = {
+        "pod-a": [
+            Finding(
+                "credentials", Status.FAIL, "no AWS credentials found", "NoCredentials"
+            ).to_dict()
+        ]
+    }
+    wanted = diagnosis.diagnosis_conditions(failing)
+    creds = next(c for c in wanted if c.type == "CredentialsAvailable")
+    assert (creds.status, creds.reason) == ("False", "NoCredentials")
+    events = condition_events(stored, wanted, key=STATUS_AND_REASON)
+    assert (
+        EventSpec(
+            "Warning", "NoCredentials", "CredentialsAvailable=False: no AWS credentials found"
+        )
+        in events
+    )
+    stored = merge_conditions(stored, wanted, generation=1, now=T1)
+    reworded = [
+        Condition(c.type, c.status, c.reason, c.message + " (again)", c.event, c.event_message)
+        for c in wanted
+    ]
+    assert condition_events(stored, reworded, key=STATUS_AND_REASON) == []
+    # The rest of the operator's conditions post again when only the message changes.
+    assert condition_events(stored, reworded) != []
 
 
 def test_conditions_without_an_event_type_post_nothing() -> None:

@@ -197,6 +197,19 @@ def test_secret_lookup_is_by_digest() -> None:
             "needs at least one value",
         ),
         ({"version": 1, "rolez": []}, "rolez: unknown field"),
+        (
+            {
+                "version": 1,
+                "grants": [
+                    {
+                        "identity": f"shop/{n}",
+                        "serviceAccount": {"namespace": "shop", "name": "web"},
+                    }
+                    for n in ("a", "b")
+                ],
+            },
+            "duplicate grant serviceAccount 'shop/web'",
+        ),
     ],
 )
 def test_invalid_access_files_say_what_is_wrong(doc: dict[str, Any], problem: str) -> None:
