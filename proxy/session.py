@@ -24,6 +24,7 @@ from .auth import (
     authenticate_password,
     authenticate_service_account,
 )
+from .certverify import peer_certificate
 from .durations import format_duration
 from .errors import (
     AccessDenied,
@@ -235,7 +236,7 @@ class Session:
             )
         transport = self.stream.transport
         ssl_object = transport.get_extra_info("ssl_object") if transport else None
-        certificate = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        certificate = peer_certificate(ssl_object) if ssl_object else None
         if certificate:
             return authenticate_certificate(policy, certificate, utcnow())
         self.stream.write(wire.authentication_cleartext())

@@ -20,7 +20,8 @@ class ConnectionClosed(Exception):
 
 
 class TLSHandshakeFailed(AuthenticationFailed):
-    """The client's TLS handshake failed (most often: a certificate from another CA).
+    """The client's TLS handshake failed: not TLS, no common version or cipher, or a
+    certificate from another CA where `certverify` could not defer that verdict.
 
     Nothing can be sent back inside a failed handshake: the client sees the TLS alert,
     the audit trail and metrics get this reason.

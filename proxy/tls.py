@@ -1,7 +1,7 @@
 """TLS contexts for both legs: the client-facing listener and the upstream RDS Proxy.
 
 Client side: TLS 1.2+, ALPN `postgresql` (required for direct TLS), optional client
-certificates from the operator's CA, session tickets on so reconnects skip the full
+certificates from the operator's CA (refused after the handshake, with a FATAL), session tickets on so reconnects skip the full
 handshake. Upstream: verified by default against the system store (RDS Proxy serves
 ACM certificates that chain to Amazon's public roots) plus an optional CA bundle.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ssl
 
+from . import certverify
 from .config import ClientTLS, UpstreamTLS
 from .errors import ConfigError
 
@@ -28,8 +29,10 @@ def server_context(tls: ClientTLS) -> ssl.SSLContext:
             ctx.load_verify_locations(cafile=tls.client_ca_file)
             ctx.verify_mode = ssl.CERT_OPTIONAL
             # Dates are checked after the handshake, so an expired client certificate
-            # gets a FATAL that says so instead of a bare TLS alert.
+            # gets a FATAL that says so instead of a bare TLS alert; so is the chain's
+            # verdict, where this Python lets it be deferred (certverify).
             ctx.verify_flags |= _X509_V_FLAG_NO_CHECK_TIME
+            certverify.defer_client_verification(ctx)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError("tls", [f"cannot load the server certificate and key: {exc}"]) from exc
     ctx.set_alpn_protocols([ALPN])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,9 +12,11 @@ import psycopg
 import pytest
 
 from rdsgate.operator import pki
+from rdsgate.proxy import wire
 from rdsgate.proxy.access import secret_digest
 from tests.fixtures.lab import LabCA
 from tests.fixtures.proxy import APP_SECRET, EXPIRED_SECRET, REPORTING_SECRET, RunningProxy
+from tests.fixtures.rawpg import RawClient
 
 APP = secret_digest(APP_SECRET)
 
@@ -58,25 +61,60 @@ def test_certificate_identity_is_still_subject_to_roles(
     assert "role 'orders-rw' denies database user 'postgres'" in out.stderr
 
 
-def test_certificate_from_another_ca_is_refused(proxy: RunningProxy, tmp_path: Path) -> None:
-    """The TLS handshake itself fails (as with PostgreSQL), so the reason is on the proxy's side.
-
-    Python's ssl module has no verification callback, so a certificate from another CA
-    cannot be let through to be refused with a FATAL the way expired ones are.
-    """
+def test_certificate_from_another_ca_gets_a_clear_fatal(
+    proxy: RunningProxy, tmp_path: Path
+) -> None:
+    """A forged certificate naming a real Token: the handshake completes, the log-in does not."""
     other = pki.make_ca("someone else's CA")
     kp = pki.issue_client_cert(other, "shop/orders-app", secret_sha256=APP)
     mark = len(proxy.audit)
     out = psql(proxy.dsn(password=None, **cert_files(tmp_path, kp)))
     assert out.returncode != 0
+    reason = 'client certificate rejected: issued by "CN=someone else\'s CA", not by the rdsgate CA'
+    assert f"FATAL:  {reason}" in out.stderr
+    assert "HINT:  use the tls.crt and tls.key of your Token's Secret" in out.stderr
     denied = proxy.wait_audit(
         "auth.denied", lambda e: "client certificate rejected" in e["reason"], start=mark
     )
-    assert denied["reason"] == (
-        "client certificate rejected: unable to get local issuer certificate "
-        "(not signed by the rdsgate CA)"
-    )
+    assert denied["reason"] == reason
     assert proxy.metric("rdsgate_auth_failures_total", {"reason": "certificate_untrusted"}) >= 1
+    assert psql(proxy.dsn()).stdout.strip() == "app"
+
+
+def test_self_signed_certificate_gets_a_clear_fatal(proxy: RunningProxy, tmp_path: Path) -> None:
+    own = pki.make_ca("shop/orders-app")
+    out = psql(proxy.dsn(password=None, **cert_files(tmp_path, own)))
+    assert (
+        "FATAL:  client certificate rejected: issued by 'CN=shop/orders-app', not by the rdsgate CA"
+    ) in out.stderr
+
+
+@pytest.mark.parametrize("negotiation", ["postgres", "direct"])
+def test_resumed_tls_session_of_a_refused_certificate_is_refused_too(
+    proxy: RunningProxy, tmp_path: Path, negotiation: str
+) -> None:
+    """The verdict travels in the TLS session ticket: resuming skips the chain, not the check.
+
+    Also with direct TLS (`sslnegotiation=direct`), whose handshake starts the connection."""
+    other = pki.make_ca("someone else's CA")
+    files = cert_files(tmp_path, pki.issue_client_cert(other, "shop/orders-app", secret_sha256=APP))
+    ctx = ssl.create_default_context(cafile=str(proxy.ca_file))
+    ctx.load_cert_chain(files["sslcert"], files["sslkey"])
+    ctx.set_alpn_protocols(["postgresql"])
+    session = None
+    for attempt in range(2):
+        client = RawClient(proxy.port, proxy.ca_file)
+        if negotiation == "postgres":
+            client.send(wire.ssl_request())
+            assert client.read_byte() == b"S"
+        sock = ctx.wrap_socket(client.sock, server_hostname="localhost", session=session)
+        client.sock = sock
+        reply = client.login("app", "unused")
+        assert (reply.type, reply.fields["S"], reply.fields["C"]) == (b"E", "FATAL", "28P01")
+        assert reply.fields["M"].startswith("client certificate rejected: issued by")
+        assert sock.session_reused == bool(attempt)
+        session = sock.session
+        sock.close()
 
 
 def test_expired_certificate_gets_a_clear_fatal(
@@ -157,3 +195,20 @@ def test_a_certificate_from_before_a_rotation_is_refused(
         "FATAL:  client certificate for 'shop/orders-app' was issued for an earlier secret of "
         "that Token"
     ) in out.stderr
+
+
+def test_a_broken_tls_handshake_is_audited(proxy: RunningProxy) -> None:
+    """Nothing can be said inside a handshake that failed, so the proxy's records say it."""
+    mark = len(proxy.audit)
+    before = proxy.metric("rdsgate_auth_failures_total", {"reason": "tls_failed"})
+    client = RawClient(proxy.port, proxy.ca_file)
+    client.send(wire.ssl_request())
+    assert client.read_byte() == b"S"
+    client.send(b"\x16\x03\x01\x00\x05hello, not a ClientHello")
+    assert client.read() is None
+    denied = proxy.wait_audit(
+        "auth.denied", lambda e: e["reason"].startswith("TLS handshake failed: "), start=mark
+    )
+    assert denied["client_addr"].startswith("127.0.0.1:")
+    assert proxy.metric("rdsgate_auth_failures_total", {"reason": "tls_failed"}) == before + 1
+    assert psql(proxy.dsn()).stdout.strip() == "app"
