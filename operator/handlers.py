@@ -714,6 +714,11 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
         )
         # Events are ours to post (once per problem, see status.condition_events).
         settings.posting.enabled = False
+        # A Database deleted while one of its timers runs (in a thread, so it cannot be
+        # cancelled) keeps its finalizer until kopf sees the timer gone: look again within
+        # a second, not kopf's default minute.
+        settings.background.instant_exit_timeout = 0.1
+        settings.background.cancellation_polling = 1.0
         for kind in WATCHED_CHILDREN:
             selector = f"{render.LABEL_MANAGED_BY}={render.MANAGED_BY}"
             settings.watching.label_selectors[(kind.group, kind.version, kind.plural)] = selector

@@ -141,8 +141,14 @@ def scenario(api: Api, op: OperatorProcess, binding: str, health_url: str) -> No
     w = partial(wait_for, diagnostics=op.tail)
 
     # kopf's health endpoint, where the chart's probes point, answers once it has started.
-    with urllib.request.urlopen(health_url, timeout=5) as resp:  # noqa: S310 - loopback http
-        assert resp.status == 200
+    def healthy() -> bool:
+        try:
+            with urllib.request.urlopen(health_url, timeout=5) as resp:  # noqa: S310 - loopback
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    w(healthy, "the health endpoint to answer 200")
 
     # Create: a Database with IRSA (generated ServiceAccount, PDB), one with a cert-manager
     # issuer, a Role, a secret Token with a ttl and a ServiceAccount Token.
