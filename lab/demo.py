@@ -264,16 +264,20 @@ def run_demo(*, json_output: bool = False) -> int:
         stop.set()
 
     previous = signal.signal(signal.SIGTERM, on_signal)
+    previous_int = signal.getsignal(signal.SIGINT)
     work = Path(tempfile.mkdtemp(prefix="rdsgate-demo-"))
     try:
         with running_demo(work, say) as ends:
+            # Ctrl-C during set-up interrupts it (the context managers clean up); once
+            # running, it is a request to stop, taken even where SIGINT was inherited
+            # ignored (a background job of a script), when Python installs no handler.
+            signal.signal(signal.SIGINT, on_signal)
             if json_output:
                 print(json.dumps(ends.__dict__), flush=True)
             else:
                 _show(say, ends)
-            with contextlib.suppress(KeyboardInterrupt):
-                while not stop.wait(0.5):
-                    pass
+            while not stop.wait(0.5):
+                pass
         say.print("Stopped; everything the demo started is gone.")
         return 0
     except PostgresNotInstalled as exc:
@@ -281,4 +285,5 @@ def run_demo(*, json_output: bool = False) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
         shutil.rmtree(work, ignore_errors=True)

@@ -25,12 +25,18 @@ def psql(dsn: str, sql: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def test_demo_json_drives_the_whole_path() -> None:
+    """Started as a script's background job is (SIGINT ignored), Ctrl-C still stops it."""
     demo = subprocess.Popen(
         [*rdsgate(), "demo", "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_ignore_sigint,
     )
     first: list[str] = []
     reader = threading.Thread(
@@ -69,7 +75,12 @@ def test_demo_json_drives_the_whole_path() -> None:
         assert "auth.denied" in events
     finally:
         demo.send_signal(signal.SIGINT)
-        assert demo.wait(60) == 0
+        try:
+            assert demo.wait(60) == 0
+        except subprocess.TimeoutExpired:
+            demo.terminate()  # its own clean-up, so no server outlives the test
+            demo.wait(60)
+            raise
     assert not audit_log.parent.exists()
     assert "Stopped; everything the demo started is gone." in (
         demo.stderr.read() if demo.stderr else ""
