@@ -40,7 +40,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any, Literal, Self
 
 import boto3
@@ -49,6 +48,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.utils import percent_encode_sequence
+
+from .lifecycle import Service
 
 POLICY_VERSION = "2012-10-17"
 DEFAULT_REGION = "eu-west-1"
@@ -223,7 +224,7 @@ def _quiet_werkzeug() -> None:
         log.setLevel(logging.WARNING)
 
 
-class AwsLab:
+class AwsLab(Service):
     """moto on 127.0.0.1 with an admin IAM user, and helpers to set up what RDS Proxy needs."""
 
     def __init__(
@@ -246,17 +247,6 @@ class AwsLab:
         self._enforced = False
 
     # -- lifecycle ------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> Self:
         if self._server is not None:

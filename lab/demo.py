@@ -34,6 +34,7 @@ from rdsgate.proxy.config import ProxyConfig
 
 from .aws import AwsLab
 from .kubelet import ProjectedVolume
+from .lifecycle import stop_process
 from .postgres import PostgresNotInstalled, PostgresServer, free_port
 from .rdsproxy import RdsProxyStandIn
 
@@ -189,7 +190,7 @@ def running_demo(work: Path, say: Console) -> Iterator[DemoEndpoints]:
                     stderr=err,
                     env=env,
                 )
-            stack.callback(_stop, proxy)
+            stack.callback(stop_process, proxy, 15)
             _wait_ready(f"http://127.0.0.1:{metrics_port}/readyz", proxy, proxy_log, 30)
         say.print(f"[green]✓[/] rdsgate-proxy on localhost:{port} (config {config_path})")
 
@@ -217,16 +218,6 @@ def running_demo(work: Path, say: Console) -> Iterator[DemoEndpoints]:
             audit_log=str(audit_log),
             metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
         )
-
-
-def _stop(proxy: subprocess.Popen[bytes]) -> None:
-    if proxy.poll() is None:
-        proxy.send_signal(signal.SIGTERM)
-        try:
-            proxy.wait(15)
-        except subprocess.TimeoutExpired:
-            proxy.kill()
-            proxy.wait()
 
 
 def _psql(dsn: str, sql: str) -> subprocess.CompletedProcess[str]:

@@ -21,10 +21,11 @@ import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Literal, Self
 
 from rdsgate.operator import pki
+
+from .lifecycle import Service
 
 HostAuth = Literal["scram-sha-256", "trust", "md5", "password"]
 
@@ -116,7 +117,7 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
 
 
-class PostgresServer:
+class PostgresServer(Service):
     """A real PostgreSQL on 127.0.0.1 with TLS, a lab CA and throwaway storage.
 
     `host_auth` is the method of the `hostssl` (or, with `require_ssl=False`, `host`) line
@@ -154,17 +155,6 @@ class PostgresServer:
         self._finalizer: weakref.finalize[..., PostgresServer] | None = None
 
     # -- lifecycle ------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> Self:
         if self._running:

@@ -47,7 +47,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal, NoReturn, Self
 from urllib.parse import quote, unquote
 
@@ -56,6 +55,7 @@ from rdsgate.proxy import wire
 from rdsgate.proxy.errors import ProtocolViolation
 
 from .aws import AwsLab, DbProxy
+from .lifecycle import Service
 from .scram import MECHANISM as SCRAM_SHA_256
 from .scram import ScramClient, ScramError
 
@@ -468,7 +468,7 @@ async def _close(writer: asyncio.StreamWriter) -> None:
         await asyncio.wait_for(writer.wait_closed(), 5)
 
 
-class RdsProxyStandIn:
+class RdsProxyStandIn(Service):
     """An RDS Proxy endpoint (`localhost:PORT`) in front of a real PostgreSQL; see the module doc.
 
     `db_proxy` names the RDS Proxy in the `AwsLab` whose Auth entries and secrets it serves.
@@ -524,17 +524,6 @@ class RdsProxyStandIn:
         self._lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> Self:
         if self._thread is not None:

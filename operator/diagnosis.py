@@ -43,28 +43,17 @@ def diagnosis_conditions(reports: Mapping[str, Report]) -> list[Condition]:
     per_type: dict[str, tuple[int, str, dict[str, str]]] = {}
     for pod, report in sorted(reports.items()):
         if isinstance(report, str):
-            found = [
-                {
-                    "type": t,
-                    "status": "Unknown",
-                    "reason": "DiagnosisUnavailable",
-                    "message": f"cannot read the diagnostics of this pod: {report}",
-                }
-                for t in CONDITION_TYPES
-            ]
+            found = _unknown(
+                "DiagnosisUnavailable", f"cannot read the diagnostics of this pod: {report}"
+            )
         else:
             try:
                 found = conditions([Finding.from_dict(doc) for doc in report])
             except ValueError as exc:
-                found = [
-                    {
-                        "type": t,
-                        "status": "Unknown",
-                        "reason": "DiagnosisUnreadable",
-                        "message": f"the pod's diagnostics are not in the expected form: {exc}",
-                    }
-                    for t in CONDITION_TYPES
-                ]
+                found = _unknown(
+                    "DiagnosisUnreadable",
+                    f"the pod's diagnostics are not in the expected form: {exc}",
+                )
         for cond in found:
             rank = _RANK.get(cond["status"], 1)
             best = per_type.get(cond["type"])
@@ -78,6 +67,14 @@ def diagnosis_conditions(reports: Mapping[str, Report]) -> list[Condition]:
             message = f"pod {pod}: {message}"
         out.append(_condition(ctype, _status(cond["status"]), cond["reason"], message))
     return out
+
+
+def _unknown(reason: str, message: str) -> list[dict[str, str]]:
+    """Every condition type Unknown, for a pod whose report cannot be used."""
+    return [
+        {"type": t, "status": "Unknown", "reason": reason, "message": message}
+        for t in CONDITION_TYPES
+    ]
 
 
 def _condition(type_: str, status: ConditionStatus, reason: str, message: str) -> Condition:

@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--resync-interval",
         type=float,
         default=float(env("RDSGATE_RESYNC_INTERVAL") or 300),
-        help="seconds between full reconciles of each Database (default %(default)s)",
+        help="seconds between full reconciles of each Database "
+        "(env RDSGATE_RESYNC_INTERVAL; default %(default)s)",
     )
     parser.add_argument(
         "--diagnose-interval",

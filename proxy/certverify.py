@@ -58,21 +58,18 @@ class _OpenSSL:
         import _ssl
 
         lib = ctypes.CDLL(_ssl.__file__)
-        self.set_verify = lib.SSL_CTX_set_verify
-        self.set_verify.argtypes = [ctypes.c_void_p, ctypes.c_int, _VerifyCallback]
-        self.set_verify.restype = None
-        self.get_verify_mode = lib.SSL_CTX_get_verify_mode
-        self.get_verify_mode.argtypes = [ctypes.c_void_p]
-        self.get_verify_mode.restype = ctypes.c_int
-        self.get_ctx = lib.SSL_get_SSL_CTX
-        self.get_ctx.argtypes = [ctypes.c_void_p]
-        self.get_ctx.restype = ctypes.c_void_p
-        self.verify_result = lib.SSL_get_verify_result
-        self.verify_result.argtypes = [ctypes.c_void_p]
-        self.verify_result.restype = ctypes.c_long
-        self.error_string = lib.X509_verify_cert_error_string
-        self.error_string.argtypes = [ctypes.c_long]
-        self.error_string.restype = ctypes.c_char_p
+
+        def fn(name: str, restype: Any, *argtypes: Any) -> Any:
+            f = getattr(lib, name)
+            f.restype, f.argtypes = restype, list(argtypes)
+            return f
+
+        ptr, int_, long_ = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
+        self.set_verify = fn("SSL_CTX_set_verify", None, ptr, int_, _VerifyCallback)
+        self.get_verify_mode = fn("SSL_CTX_get_verify_mode", int_, ptr)
+        self.get_ctx = fn("SSL_get_SSL_CTX", ptr, ptr)
+        self.verify_result = fn("SSL_get_verify_result", long_, ptr)
+        self.error_string = fn("X509_verify_cert_error_string", ctypes.c_char_p, long_)
 
 
 def _field(obj: Any, index: int) -> int | None:

@@ -39,6 +39,7 @@ from typing import Any
 import pytest
 import yaml
 
+from rdsgate.lab.lifecycle import stop_process
 from rdsgate.lab.postgres import free_port
 from rdsgate.lab.rdsproxy import RdsProxyStandIn
 from rdsgate.operator.cli.main import main
@@ -250,13 +251,7 @@ def proxy_pod(
     wait_for(listening, "the proxy to listen", 30, log.read_text)
     yield ProxyPod(process, log)
     kubelet.stop()
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    stop_process(process, 20)
 
 
 # People and the CLI

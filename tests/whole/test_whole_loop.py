@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from rdsgate.lab.lifecycle import stop_process
 from rdsgate.lab.postgres import free_port
 from rdsgate.lab.rdsproxy import RdsProxyStandIn
 from tests.fixtures.k8s import Api, ApiServer, OperatorProcess, start_operator, wait_for
@@ -149,13 +149,7 @@ class RunningPod:
         self.log = log
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 20)
 
 
 def run_pod(world: dict[str, Any], root: Path, env: dict[str, str]) -> RunningPod:
