@@ -14,12 +14,18 @@ operator writes is one the proxy loads, and it means what `rdsgate.proxy.rbac` d
 - One Token per ServiceAccount: the proxy keeps one grant per ServiceAccount, so of two
   Tokens naming the same one, the second (by name) is refused with a problem, not dropped
   silently.
-- Only `secret_digest(secret)` of a secret credential goes into a bundle.
+- Only `secret_digest(secret)` of a secret credential goes into a bundle; a Token with
+  `spec.publicKey` is bound by `public_key_digest` (its uid and key), never a password.
+- Access follows live RBAC (docs/access-control.md): a grant carries its requester
+  (`requestedBy`); a Token whose requester may no longer `bind` one of its Roles has no
+  grant and is listed under `revoked` in the bundles it reached, with the reason the
+  proxies give when they end its sessions.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +39,7 @@ from rdsgate.proxy.access import (
     AccessFile,
     Grant,
     LabelSelector,
+    Revocation,
     Role,
     Rule,
     ServiceAccountRef,
@@ -40,6 +47,7 @@ from rdsgate.proxy.access import (
 from rdsgate.proxy.durations import parse_duration
 
 from . import pki
+from .admission import Requester, bind_refusal
 from .ca import b64
 from .objects import labels_of, meta_of, name_of, spec_of, spec_problems
 from .status import Condition, InvalidSpec, Problem, ReferenceNotFound, parse_timestamp, timestamp
@@ -76,6 +84,22 @@ class NoDatabase(Problem):
 
 class DuplicateServiceAccount(Problem):
     reason = "DuplicateServiceAccount"
+
+
+class BindRevoked(Problem):
+    reason = "BindRevoked"
+
+
+class BindCheckFailed(Problem):
+    reason = "BindCheckFailed"
+
+
+class RequesterUnverified(Problem):
+    reason = "RequesterUnverified"
+
+
+#: Problems of the requester: the Token gets no grant whatever else holds.
+REQUESTER_PROBLEMS = (BindRevoked, BindCheckFailed, RequesterUnverified)
 
 
 def new_secret() -> str:
@@ -210,9 +234,37 @@ def secret_name(token: Mapping[str, Any]) -> str:
     return str(spec_of(token).get("secretName") or f"{name_of(token)}-rdsgate")
 
 
+def public_key_pem(token: Mapping[str, Any]) -> str | None:
+    """The Token's own public key (`spec.publicKey`), when its holder keeps the private key."""
+    pem = spec_of(token).get("publicKey")
+    return str(pem) if pem else None
+
+
+def public_key_digest(uid: str, key: pki.PublicKey) -> str:
+    """The grant's `publicKeySha256`: SHA-256 over the Token's uid and its key (DER), so that
+    a certificate names one key of one Token, and re-creating the Token retires it."""
+    return hashlib.sha256(uid.encode() + b"\0" + pki.public_key_der(key)).hexdigest()
+
+
 def subject_text(token: Mapping[str, Any]) -> str:
     sa = service_account_subject(token)
-    return "secret" if sa is None else f"serviceaccount:{sa.namespace}/{sa.name}"
+    if sa is not None:
+        return f"serviceaccount:{sa.namespace}/{sa.name}"
+    return "publickey" if public_key_pem(token) else "secret"
+
+
+@dataclass(frozen=True)
+class RequesterCheck:
+    """What the API server said of a Token's requester (handlers.py asks it).
+
+    `requester` None: the Token has no requester annotation (created before the admission
+    webhooks); `lost`: Roles the requester may no longer bind; `unknown`: why no answer
+    could be had for a Role never checked before.
+    """
+
+    requester: Requester | None
+    lost: tuple[str, ...] = ()
+    unknown: str | None = None
 
 
 #: What the operator knows about a Token's secret credential: its digest, or why there is none.
@@ -230,6 +282,12 @@ class TokenFindings:
     databases: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     grant: Grant | None = None
+    requested_by: str | None = None
+    #: Why the requester's grant was withdrawn (lost `bind`), as the proxies say it.
+    revoked: str | None = None
+    #: A Token with `spec.publicKey`: its client certificate (PEM) and when that ends, set by
+    #: the handlers once the grant is known.
+    certificate: tuple[bytes, datetime] | None = None
 
 
 @dataclass
@@ -247,6 +305,35 @@ class NamespaceAccess:
     tokens: dict[str, TokenFindings]
 
 
+def _requester_problems(
+    check: RequesterCheck, namespace: str, require_verified: bool
+) -> tuple[list[Problem], str | None]:
+    """Problems that keep a Token's grant out for its requester's sake, and the revocation
+    reason the proxies give (when the requester lost `bind`)."""
+    requester = check.requester
+    if requester is None:
+        if not require_verified:
+            return [], None
+        return [
+            RequesterUnverified(
+                "the Token has no rdsgate.dev/requested-by annotation (it was created before "
+                "the admission webhooks) and the operator runs with "
+                "--require-verified-requester: re-create it so that its requester is recorded"
+            )
+        ], None
+    if check.lost:
+        reason = bind_refusal(requester.username, namespace, check.lost, lost=True)
+        return [BindRevoked(f"{reason}; the grant was withdrawn")], reason
+    if check.unknown:
+        return [
+            BindCheckFailed(
+                f"cannot check whether {requester.username} may bind its Roles: "
+                f"{check.unknown} (retrying)"
+            )
+        ], None
+    return [], None
+
+
 def _token_findings(
     token: Mapping[str, Any],
     namespace: str,
@@ -254,10 +341,13 @@ def _token_findings(
     database_names: set[str],
     credential: Credential | None,
     now: datetime,
+    check: RequesterCheck,
+    require_verified: bool,
 ) -> TokenFindings:
     name = name_of(token)
     sa = service_account_subject(token)
-    problems: list[Problem] = []
+    own_key = public_key_pem(token) is not None
+    problems, revoked = _requester_problems(check, namespace, require_verified)
     try:
         expires_at = token_expiry(token, now)
     except InvalidSpec as exc:
@@ -295,12 +385,14 @@ def _token_findings(
         name=name,
         identity=identity(namespace, name),
         subject=subject_text(token),
-        secret_name=None if sa is not None else secret_name(token),
+        secret_name=None if sa is not None or own_key else secret_name(token),
         expires_at=expires_at,
         expired=expired,
         problems=problems,
+        requested_by=check.requester.username if check.requester else None,
+        revoked=revoked,
     )
-    if expired:
+    if expired or any(isinstance(p, REQUESTER_PROBLEMS) for p in problems):
         return findings
     digest: str | None = None
     if sa is None:
@@ -312,10 +404,12 @@ def _token_findings(
             return findings
     findings.grant = Grant(
         identity=findings.identity,
-        secret_sha256=digest,
+        secret_sha256=None if own_key else digest,
+        public_key_sha256=digest if own_key else None,
         service_account=sa,
         roles=wanted,
         expires_at=expires_at,
+        requested_by=findings.requested_by,
     )
     return findings
 
@@ -327,9 +421,14 @@ def compile_namespace(
     tokens: Sequence[Mapping[str, Any]],
     credentials: Mapping[str, Credential],
     now: datetime,
+    requesters: Mapping[str, RequesterCheck] | None = None,
+    *,
+    require_verified: bool = False,
 ) -> NamespaceAccess:
     """The access bundle of every live Database in a namespace, and what each Role and Token
-    contributes; `credentials` maps Token names to their secret's digest (or its problem)."""
+    contributes; `credentials` maps Token names to their credential's digest (or its
+    problem), `requesters` to what the API server said of their requester (a Token not in
+    it is checked against the requester stamped on it, with no Role lost)."""
     dbs = {name_of(d): labels_of(d) for d in live(databases)}
     compiled = {r.name: r for r in (compile_role(obj) for obj in live(roles))}
 
@@ -348,14 +447,29 @@ def compile_namespace(
     }
 
     grants_by_db: dict[str, list[Grant]] = {db: [] for db in dbs}
+    revoked_by_db: dict[str, list[Revocation]] = {db: [] for db in dbs}
     token_findings: dict[str, TokenFindings] = {}
     #: ServiceAccount → the Token (the first by name) whose grant it is.
     holders: dict[tuple[str, str], str] = {}
     for token in live(tokens):
+        check = (requesters or {}).get(name_of(token)) or RequesterCheck(Requester.of_token(token))
         found = _token_findings(
-            token, namespace, compiled, set(dbs), credentials.get(name_of(token)), now
+            token,
+            namespace,
+            compiled,
+            set(dbs),
+            credentials.get(name_of(token)),
+            now,
+            check,
+            require_verified,
         )
         token_findings[found.name] = found
+        if found.revoked is not None:
+            for role_name in token_roles(token):
+                for db in role_findings[role_name].databases if role_name in role_findings else ():
+                    revocation = Revocation(identity=found.identity, reason=found.revoked)
+                    if revocation not in revoked_by_db[db]:
+                        revoked_by_db[db].append(revocation)
         if found.grant is None:
             continue
         sa = found.grant.service_account
@@ -392,6 +506,7 @@ def compile_namespace(
         bundles[db] = AccessFile(
             roles=[compiled[r].in_bundle for r in role_names],
             grants=sorted(grants, key=lambda g: g.identity),
+            revoked=sorted(revoked_by_db[db], key=lambda r: r.identity),
         )
     return NamespaceAccess(bundles, role_findings, token_findings)
 
@@ -430,14 +545,37 @@ def role_status(found: RoleFindings) -> tuple[dict[str, Any], list[Condition]]:
     return fields, [ready]
 
 
+def requester_condition(found: TokenFindings) -> Condition:
+    if found.requested_by is None:
+        return Condition(
+            "RequesterVerified",
+            "False",
+            "CreatedBeforeAdmission",
+            "the Token has no rdsgate.dev/requested-by annotation: it was created before the "
+            "admission webhooks were installed, so who asked for it is not known; re-create "
+            "it to record its requester (docs/access-control.md, the upgrade path)",
+        )
+    return Condition(
+        "RequesterVerified",
+        "True",
+        "AdmissionStamped",
+        f"requested by {found.requested_by}, as the API server authenticated them",
+    )
+
+
 def token_status(found: TokenFindings) -> tuple[dict[str, Any], list[Condition]]:
+    cert = found.certificate if found.grant is not None else None
     fields: dict[str, Any] = {
         "identity": found.identity,
         "subject": found.subject,
+        "requestedBy": found.requested_by,
         "databases": found.databases,
         "secretName": found.secret_name,
         "expiresAt": timestamp(found.expires_at) if found.expires_at else None,
+        "certificate": cert[0].decode() if cert else None,
+        "certificateNotAfter": timestamp(cert[1]) if cert else None,
     }
+    verified = requester_condition(found)
     if found.expired:
         assert found.expires_at is not None
         when = timestamp(found.expires_at)
@@ -450,7 +588,7 @@ def token_status(found: TokenFindings) -> tuple[dict[str, Any], list[Condition]]
             event="Warning",
         )
         ready = Condition("Ready", "False", "Expired", f"expired at {when}")
-        return fields, [ready, expired]
+        return fields, [ready, expired, verified]
     expired = Condition(
         "Expired",
         "False",
@@ -472,7 +610,7 @@ def token_status(found: TokenFindings) -> tuple[dict[str, Any], list[Condition]]
             "Granted",
             f"{found.identity} may log in to {', '.join(found.databases)}",
         )
-    return fields, [ready, expired]
+    return fields, [ready, expired, verified]
 
 
 # The Token Secret

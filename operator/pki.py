@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from rdsgate.proxy.auth import client_certificate_uri
@@ -100,6 +100,58 @@ def make_ca(
     return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
 
+#: The public keys a Token may carry (`spec.publicKey`).
+PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
+ALLOWED_CURVES = (ec.SECP256R1, ec.SECP384R1)
+MIN_RSA_BITS = 2048
+
+
+class BadPublicKey(ValueError):
+    """A `spec.publicKey` the CA will not sign; the message says why."""
+
+
+def load_public_key(pem: str) -> PublicKey:
+    """A Token's public key: PEM SubjectPublicKeyInfo of ECDSA P-256/P-384, Ed25519 or RSA of
+    2048 bits or more. Raises BadPublicKey with a reason a user can act on."""
+    text = pem.strip()
+    if "PRIVATE KEY" in text:
+        raise BadPublicKey(
+            "this is a private key: put only the public key here (openssl pkey -pubout) "
+            "and keep the private key where it is"
+        )
+    if not text.startswith("-----BEGIN PUBLIC KEY-----"):
+        raise BadPublicKey(
+            "expected a PEM public key starting with -----BEGIN PUBLIC KEY----- "
+            "(SubjectPublicKeyInfo, as `openssl pkey -pubout` writes it)"
+        )
+    try:
+        key = serialization.load_pem_public_key(text.encode())
+    except (ValueError, TypeError) as exc:
+        raise BadPublicKey(f"not a readable PEM public key: {exc}") from None
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if not isinstance(key.curve, ALLOWED_CURVES):
+            raise BadPublicKey(f"ECDSA curve {key.curve.name} is not accepted: use P-256 or P-384")
+        return key
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return key
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < MIN_RSA_BITS:
+            raise BadPublicKey(
+                f"RSA key of {key.key_size} bits is too short: use at least {MIN_RSA_BITS}"
+            )
+        return key
+    raise BadPublicKey(
+        f"{type(key).__name__.removeprefix('_')} keys are not accepted: use ECDSA P-256 or "
+        "P-384, Ed25519, or RSA of 2048 bits or more"
+    )
+
+
+def public_key_der(key: PublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
 def _leaf(
     ca: KeyPair,
     subject: x509.Name,
@@ -108,15 +160,18 @@ def _leaf(
     days: float,
     not_before: datetime | None,
     not_after: datetime | None,
+    public_key: PublicKey | None = None,
 ) -> KeyPair:
-    key = _new_key()
+    """A certificate signed by `ca`: for a new key (returned with it), or for someone else's
+    `public_key` (then `key_pem` is empty: the private key is not ours to hold)."""
+    key = _new_key() if public_key is None else None
     ca_cert = ca.cert
     start, end = _validity(days, not_before, not_after)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
+        .public_key(public_key if public_key is not None else key.public_key())  # type: ignore[union-attr]
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(end)
@@ -137,6 +192,12 @@ def _leaf(
         )
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(
+                public_key if public_key is not None else key.public_key()  # type: ignore[union-attr]
+            ),
+            critical=False,
+        )
+        .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
             critical=False,
         )
@@ -144,7 +205,7 @@ def _leaf(
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     cert = builder.sign(ca.private_key(), hashes.SHA256())
-    return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+    return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key) if key else b"")
 
 
 def issue_server_cert(
@@ -181,6 +242,33 @@ def issue_client_cert(
     uri = client_certificate_uri(identity, secret_sha256)
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)]
     return _leaf(ca, subject, sans, ExtendedKeyUsageOID.CLIENT_AUTH, days, not_before, not_after)
+
+
+def sign_client_cert(
+    ca: KeyPair,
+    public_key: PublicKey,
+    identity: str,
+    *,
+    binding_sha256: str,
+    not_after: datetime,
+    not_before: datetime | None = None,
+) -> bytes:
+    """A client certificate (PEM) for someone else's key: a Token with `spec.publicKey`.
+    The same URI SAN as `issue_client_cert`, bound to the grant's `publicKeySha256`."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rdsgate client")])
+    uri = client_certificate_uri(identity, binding_sha256)
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)]
+    pair = _leaf(
+        ca,
+        subject,
+        sans,
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+        0,
+        not_before,
+        not_after,
+        public_key=public_key,
+    )
+    return pair.cert_pem
 
 
 def issue_legacy_cn_cert(ca: KeyPair, common_name: str, *, days: float = 90) -> KeyPair:

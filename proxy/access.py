@@ -149,19 +149,35 @@ class ServiceAccountRef(Model):
 
 
 class Grant(Model):
-    """One Token: an identity, how it proves itself, and its roles."""
+    """One Token: an identity, how it proves itself, its roles, and who asked for it.
+
+    The credential is one of: `secretSha256` (a secret, as a password or through a client
+    certificate bound to it), `publicKeySha256` (a key pair whose private half never left
+    its owner: client certificates only, never a password), or `serviceAccount`.
+    """
 
     identity: str = Field(min_length=1)
     secret_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    public_key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     service_account: ServiceAccountRef | None = None
     roles: list[str] = Field(default_factory=list)
     expires_at: datetime | None = None
+    #: The user the API server authenticated when the Token was created (its admission).
+    requested_by: str | None = None
 
     @model_validator(mode="after")
     def _one_credential(self) -> Grant:
-        if (self.secret_sha256 is None) == (self.service_account is None):
-            raise ValueError("a grant has exactly one of secretSha256 and serviceAccount")
+        given = [self.secret_sha256, self.public_key_sha256, self.service_account]
+        if sum(c is not None for c in given) != 1:
+            raise ValueError(
+                "a grant has exactly one of secretSha256, publicKeySha256 and serviceAccount"
+            )
         return self
+
+    @property
+    def certificate_binding(self) -> str | None:
+        """The digest whose first hex digits a client certificate for this grant must carry."""
+        return self.secret_sha256 or self.public_key_sha256
 
     @field_validator("expires_at")
     @classmethod
@@ -174,10 +190,18 @@ class Grant(Model):
         return self.expires_at is not None and now >= self.expires_at
 
 
+class Revocation(Model):
+    """A grant the operator withheld, and why: the proxy ends its sessions with this reason."""
+
+    identity: str = Field(min_length=1)
+    reason: str = Field(min_length=1)
+
+
 class AccessFile(Model):
     version: Literal[1] = 1
     roles: list[Role] = Field(default_factory=list)
     grants: list[Grant] = Field(default_factory=list)
+    revoked: list[Revocation] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique_names(self) -> AccessFile:
@@ -216,6 +240,7 @@ class AccessPolicy:
     by_identity: Mapping[str, Grant]
     by_service_account: Mapping[tuple[str, str], Grant]
     password_grants: tuple[tuple[bytes, Grant], ...]
+    revocations: Mapping[str, str]  # identity → why its grant was withheld
     digest: str  # SHA-256 of the file's bytes, to log which version is in force
 
     @classmethod
@@ -234,6 +259,7 @@ class AccessPolicy:
                 for g in file.grants
                 if g.secret_sha256 is not None
             ),
+            revocations={r.identity: r.reason for r in file.revoked},
             digest=digest,
         )
 
@@ -255,7 +281,7 @@ class AccessPolicy:
             sa = grant.service_account
             return self.by_service_account.get((sa.namespace, sa.name))
         found = self.by_identity.get(grant.identity)
-        return found if found is not None and found.secret_sha256 is not None else None
+        return found if found is not None and found.service_account is None else None
 
     def grant_for_secret(self, secret: str) -> Grant | None:
         """The grant whose secret this is; every candidate is compared in constant time."""

@@ -63,10 +63,11 @@ def authenticate_password(policy: AccessPolicy, password: str, now: datetime) ->
     return Identity(grant.identity, "password", grant)
 
 
-def client_certificate_uri(identity: str, secret_sha256: str) -> str:
-    """`rdsgate://NS/TOKEN#BINDING`: the Token, and the first 16 hex digits of the SHA-256 of
-    the secret it had when the certificate was issued."""
-    return f"{URI_PREFIX}{identity}#{secret_sha256[:BINDING_LENGTH]}"
+def client_certificate_uri(identity: str, digest: str) -> str:
+    """`rdsgate://NS/TOKEN#BINDING`: the Token, and the first 16 hex digits of its grant's
+    credential digest when the certificate was issued (`secretSha256`, or `publicKeySha256`
+    for a Token with its own key pair), so a new secret or a re-created Token retires it."""
+    return f"{URI_PREFIX}{identity}#{digest[:BINDING_LENGTH]}"
 
 
 def certificate_identity(der: bytes, now: datetime) -> tuple[str, str]:
@@ -107,13 +108,21 @@ def certificate_identity(der: bytes, now: datetime) -> tuple[str, str]:
 def authenticate_certificate(policy: AccessPolicy, der: bytes, now: datetime) -> Identity:
     name, binding = certificate_identity(der, now)
     grant = policy.by_identity.get(name)
-    if grant is None or grant.secret_sha256 is None:
+    bound_to = grant.certificate_binding if grant is not None else None
+    if grant is None or bound_to is None:
         raise AuthenticationFailed(
             f"client certificate for {name!r}: no Token of that name grants access here",
             reason="certificate_unknown",
             hint="the Token may have been deleted; ask for a new one",
         )
-    if not hmac.compare_digest(grant.secret_sha256[:BINDING_LENGTH], binding):
+    if not hmac.compare_digest(bound_to[:BINDING_LENGTH].encode(), binding.encode()):
+        if grant.public_key_sha256 is not None:
+            raise AuthenticationFailed(
+                f"client certificate for {name!r} was issued for an earlier key or an earlier "
+                "Token of that name",
+                reason="certificate_superseded",
+                hint="the Token was re-created: use the certificate in its status.certificate",
+            )
         raise AuthenticationFailed(
             f"client certificate for {name!r} was issued for an earlier secret of that Token",
             reason="certificate_superseded",

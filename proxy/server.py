@@ -228,9 +228,13 @@ class Server:
         grant = policy.current(ident.grant)
         why: str | None
         if grant is None:
-            why = "its Token's grant was removed"
-        elif grant.secret_sha256 != ident.grant.secret_sha256:
-            why = "its Token's secret changed"
+            why = policy.revocations.get(ident.grant.identity) or "its Token's grant was removed"
+        elif grant.certificate_binding != ident.grant.certificate_binding:
+            why = (
+                "its Token's secret changed"
+                if grant.secret_sha256 is not None
+                else "its Token was re-created"
+            )
         else:
             assert session.db_user is not None and session.db_name is not None
             decision = authorize(

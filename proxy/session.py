@@ -91,6 +91,7 @@ class Session:
         fields = self.blank_fields(self.server.database_name, self.client_addr, self.id)
         fields.update(
             identity=ident.name if ident else None,
+            requested_by=ident.grant.requested_by if ident else None,
             auth_method=ident.method if ident else None,
             db_user=self.db_user,
             db_name=self.db_name,
@@ -106,6 +107,7 @@ class Session:
             "session_id": session_id or secrets.token_hex(8),
             "database": database,
             "identity": None,
+            "requested_by": None,
             "auth_method": None,
             "db_user": None,
             "db_name": None,

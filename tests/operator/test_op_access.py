@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 import yaml
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
-from rdsgate.operator import access, pki
+from rdsgate.operator import access, admission, pki
 from rdsgate.operator.status import InvalidSpec
 from rdsgate.proxy.access import AccessPolicy, parse_access, secret_digest
 from rdsgate.proxy.rbac import authorize
@@ -35,16 +36,23 @@ def role(name: str, **spec: Any) -> dict[str, Any]:
     return {"metadata": {"name": name, "namespace": NS}, "spec": spec}
 
 
-def token(name: str, *roles: str, created: datetime = NOW, **spec: Any) -> dict[str, Any]:
-    return {
-        "metadata": {
-            "name": name,
-            "namespace": NS,
-            "uid": f"uid-{name}",
-            "creationTimestamp": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        },
-        "spec": {"roles": list(roles), **spec},
+def token(
+    name: str,
+    *roles: str,
+    created: datetime = NOW,
+    requester: str | None = "alice",
+    **spec: Any,
+) -> dict[str, Any]:
+    """A Token as the API server stores it after admission (stamped with `requester`)."""
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": NS,
+        "uid": f"uid-{name}",
+        "creationTimestamp": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+    if requester is not None:
+        meta["annotations"] = admission.Requester(requester, ("devs",)).annotations()
+    return {"metadata": meta, "spec": {"roles": list(roles), **spec}}
 
 
 APP_RW = role(
@@ -196,6 +204,7 @@ def test_an_expired_grant_leaves_every_bundle() -> None:
     assert {c.type: (c.status, c.reason) for c in conditions} == {
         "Ready": ("False", "Expired"),
         "Expired": ("True", "TTLElapsed"),
+        "RequesterVerified": ("True", "AdmissionStamped"),
     }
 
 
@@ -375,13 +384,17 @@ def test_token_status_when_granted() -> None:
     assert fields == {
         "identity": "shop/t",
         "subject": "secret",
+        "requestedBy": "alice",
         "databases": ["orders"],
         "secretName": "t-rdsgate",
         "expiresAt": "2026-03-01T13:00:00Z",
+        "certificate": None,
+        "certificateNotAfter": None,
     }
     assert [(c.type, c.status, c.reason) for c in conditions] == [
         ("Ready", "True", "Granted"),
         ("Expired", "False", "NotExpired"),
+        ("RequesterVerified", "True", "AdmissionStamped"),
     ]
 
 
@@ -444,3 +457,85 @@ def test_new_secrets_are_32_random_bytes() -> None:
 def test_default_secret_name() -> None:
     assert access.secret_name(token("orders-app", "r")) == "orders-app-rdsgate"
     assert access.secret_name(token("orders-app", "r", secretName="db")) == "db"
+
+
+# Requesters: live RBAC, and Tokens from before the webhooks
+
+
+def test_the_grant_names_its_requester_for_the_proxy() -> None:
+    result = compile_([database("orders", env="prod")], [APP_RW], [token("t", "app-rw")])
+    (grant,) = policy(result, "orders").file.grants
+    assert grant.requested_by == "alice"
+    assert access.token_status(result.tokens["t"])[0]["requestedBy"] == "alice"
+
+
+def test_a_requester_who_lost_bind_loses_the_grant_and_the_proxy_is_told_why() -> None:
+    prod, other = database("orders", env="prod"), database("billing", env="dev")
+    t = token("t", "app-rw")
+    lost = access.RequesterCheck(admission.Requester.of_token(t), ("app-rw",))
+    result = access.compile_namespace(
+        NS, [prod, other], [APP_RW], [t], {"t": DIGEST}, NOW, {"t": lost}
+    )
+    loaded = policy(result, "orders")
+    assert loaded.file.grants == []
+    why = 'alice may no longer bind Role "app-rw" in namespace "shop"'
+    assert loaded.revocations == {"shop/t": why}
+    assert policy(result, "billing").revocations == {}, "only where the grant was"
+    _, conditions = access.token_status(result.tokens["t"])
+    ready = next(c for c in conditions if c.type == "Ready")
+    assert (ready.status, ready.reason) == ("False", "BindRevoked")
+    assert ready.message == f"{why}; the grant was withdrawn"
+    assert ready.event == "Warning"
+
+
+def test_no_answer_for_a_requester_never_checked_keeps_the_grant_out() -> None:
+    t = token("t", "app-rw")
+    unknown = access.RequesterCheck(admission.Requester.of_token(t), (), "503 from the API server")
+    result = access.compile_namespace(
+        NS, [database("orders", env="prod")], [APP_RW], [t], {"t": DIGEST}, NOW, {"t": unknown}
+    )
+    assert result.bundles["orders"].grants == []
+    assert result.bundles["orders"].revoked == []
+    assert result.tokens["t"].problems[0].reason == "BindCheckFailed"
+
+
+def test_a_token_from_before_the_webhooks_keeps_working_but_says_so() -> None:
+    prod = database("orders", env="prod")
+    t = token("t", "app-rw", requester=None)
+    result = compile_([prod], [APP_RW], [t])
+    (grant,) = result.bundles["orders"].grants
+    assert grant.requested_by is None
+    fields, conditions = access.token_status(result.tokens["t"])
+    verified = next(c for c in conditions if c.type == "RequesterVerified")
+    assert (verified.status, verified.reason) == ("False", "CreatedBeforeAdmission")
+    assert fields["requestedBy"] is None
+    assert next(c for c in conditions if c.type == "Ready").status == "True"
+
+    strict = access.compile_namespace(
+        NS, [prod], [APP_RW], [t], {"t": DIGEST}, NOW, require_verified=True
+    )
+    assert strict.bundles["orders"].grants == []
+    assert strict.tokens["t"].problems[0].reason == "RequesterUnverified"
+
+
+# Tokens with their own key pair
+
+
+def test_a_public_key_token_is_bound_to_its_key_and_has_no_secret() -> None:
+    key = pki.load_public_key(
+        pki.make_ca()
+        .cert.public_key()
+        .public_bytes(  # any P-256 public key
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        .decode()
+    )
+    t = token("t", "app-rw", publicKey="(PEM)")
+    digest = access.public_key_digest("uid-t", key)
+    result = compile_([database("orders", env="prod")], [APP_RW], [t], {"t": digest})
+    (grant,) = policy(result, "orders").file.grants
+    assert (grant.public_key_sha256, grant.secret_sha256) == (digest, None)
+    assert policy(result, "orders").grant_for_secret(digest) is None, "never a password"
+    fields, _ = access.token_status(result.tokens["t"])
+    assert (fields["subject"], fields["secretName"]) == ("publickey", None)
+    assert access.public_key_digest("uid-of-a-new-token", key) != digest

@@ -259,3 +259,54 @@ def test_audit_queries_off_for_one_identity_only(start_proxy: Start) -> None:
     proxy.wait_audit("session.query", lambda e: "loud one" in e["sql"])
     proxy.wait_audit("session.end", lambda e: e["identity"] == "shop/quiet")
     assert not [e for e in proxy.events("session.query") if e["identity"] == "shop/quiet"]
+
+
+def test_a_withdrawn_grant_ends_its_sessions_with_the_operators_reason(
+    start_proxy: Start,
+) -> None:
+    """The operator lists a grant whose requester lost `bind` under `revoked`, with why."""
+    proxy = start_proxy()
+    with psycopg.connect(
+        proxy.dsn(user="reporting", password=REPORTING_SECRET), autocommit=True
+    ) as reporting:
+        reporting.execute("select 1")
+        why = 'alice may no longer bind Role "orders-ro" in namespace "shop"'
+        doc = access()
+        doc["grants"] = [g for g in doc["grants"] if g["identity"] != "shop/reporting"]
+        doc["revoked"] = [{"identity": "shop/reporting", "reason": why}]
+        proxy.set_access(doc)
+        revoked = proxy.wait_audit("session.revoked")
+        assert (revoked["identity"], revoked["reason"]) == ("shop/reporting", why)
+        with pytest.raises(psycopg.errors.AdminShutdown) as ended:
+            reporting.execute("select 1")
+        assert ended.value.sqlstate == "57P01"
+        assert str(ended.value).strip().endswith(f"access revoked: {why}")
+
+
+def test_every_audit_event_of_a_grant_names_its_requester(start_proxy: Start) -> None:
+    doc = access()
+    for g in doc["grants"]:
+        if g["identity"] == "shop/orders-app":
+            g["requestedBy"] = "arn:aws:sts::111122223333:assumed-role/Dev/alice"
+    proxy = start_proxy(access=doc)
+    mark = len(proxy.audit)
+    with psycopg.connect(proxy.dsn(), autocommit=True) as app:
+        app.execute("select 1")
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(proxy.dsn(user="postgres"))
+    proxy.wait_audit("auth.denied", start=mark)
+    proxy.wait_audit("session.end", start=mark)
+    events = [e for e in proxy.audit[mark:] if e.get("identity") == "shop/orders-app"]
+    assert {e["event"] for e in events} >= {
+        "session.start",
+        "session.query",
+        "session.end",
+        "auth.denied",
+    }
+    assert {e["requested_by"] for e in events} == {
+        "arn:aws:sts::111122223333:assumed-role/Dev/alice"
+    }
+    with psycopg.connect(proxy.dsn(user="reporting", password=REPORTING_SECRET)) as other:
+        other.execute("select 1")
+    start = proxy.wait_audit("session.start", lambda e: e["identity"] == "shop/reporting")
+    assert start["requested_by"] is None, "a grant from before the webhooks names nobody"

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import ssl
 import subprocess
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from rdsgate.operator import pki
+from rdsgate.operator import access, pki
 from rdsgate.proxy import wire
 from rdsgate.proxy.access import secret_digest
+from tests.fixtures.k8s import wait_for
 from tests.fixtures.lab import LabCA
-from tests.fixtures.proxy import APP_SECRET, EXPIRED_SECRET, REPORTING_SECRET, RunningProxy
+from tests.fixtures.proxy import (
+    APP_SECRET,
+    DEFAULT_ACCESS,
+    EXPIRED_SECRET,
+    REPORTING_SECRET,
+    RunningProxy,
+)
 from tests.fixtures.rawpg import RawClient
 
 APP = secret_digest(APP_SECRET)
@@ -212,3 +223,65 @@ def test_a_broken_tls_handshake_is_audited(proxy: RunningProxy) -> None:
     assert denied["client_addr"].startswith("127.0.0.1:")
     assert proxy.metric("rdsgate_auth_failures_total", {"reason": "tls_failed"}) == before + 1
     assert psql(proxy.dsn()).stdout.strip() == "app"
+
+
+@pytest.mark.parametrize("algorithm", ["p256", "ed25519"])
+def test_a_token_with_its_own_key_logs_in_with_the_signed_certificate_only(
+    start_proxy: Callable[..., RunningProxy], lab_ca: LabCA, tmp_path: Path, algorithm: str
+) -> None:
+    """`spec.publicKey`: the private key never left the client; the grant's credential is a
+    digest of the Token's uid and key, usable through a certificate, never as a password."""
+    private = (
+        ec.generate_private_key(ec.SECP256R1())
+        if algorithm == "p256"
+        else ed25519.Ed25519PrivateKey.generate()
+    )
+    digest = access.public_key_digest("uid-1", private.public_key())
+    doc = copy.deepcopy(DEFAULT_ACCESS)
+    doc["grants"].append(
+        {
+            "identity": "shop/alice-orders",
+            "publicKeySha256": digest,
+            "roles": ["orders-rw"],
+            "requestedBy": "alice",
+        }
+    )
+    proxy = start_proxy(access=doc)
+    end = datetime.now(UTC) + timedelta(hours=12)
+    cert = pki.sign_client_cert(
+        lab_ca.keypair,
+        private.public_key(),
+        "shop/alice-orders",
+        binding_sha256=digest,
+        not_after=end,
+    )
+    key_pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    files = cert_files(tmp_path, pki.KeyPair(cert, key_pem))
+    mark = len(proxy.audit)
+    out = psql(proxy.dsn(password=None, **files))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "app"
+    start = proxy.wait_audit("session.start", start=mark)
+    assert (start["identity"], start["requested_by"], start["auth_method"]) == (
+        "shop/alice-orders",
+        "alice",
+        "certificate",
+    )
+    out = psql(proxy.dsn(password=digest))
+    assert "password authentication failed" in out.stderr
+
+    # The same Token name re-created (a new uid): the old certificate is refused.
+    doc["grants"][-1]["publicKeySha256"] = access.public_key_digest("uid-2", private.public_key())
+    proxy.set_access(doc)
+
+    def refused() -> str | None:
+        out = psql(proxy.dsn(password=None, **files))
+        return out.stderr if out.returncode else None
+
+    stderr = wait_for(refused, "the re-created Token to retire the certificate", 10)
+    assert "was issued for an earlier key or an earlier Token of that name" in stderr
+    assert (
+        "HINT:  the Token was re-created: use the certificate in its status.certificate" in stderr
+    )

@@ -176,7 +176,7 @@ def test_secret_lookup_is_by_digest() -> None:
         ({"version": 1, "roles": [{"name": "r"}, {"name": "r"}]}, "duplicate role name 'r'"),
         (
             {"version": 1, "grants": [{"identity": "a", "roles": []}]},
-            "exactly one of secretSha256 and serviceAccount",
+            "exactly one of secretSha256, publicKeySha256 and serviceAccount",
         ),
         (
             {"version": 1, "grants": [{"identity": "a", "secretSha256": "xyz"}]},

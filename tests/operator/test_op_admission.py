@@ -1,0 +1,288 @@
+"""Token admission decisions (operator/admission.py): what the webhooks allow and refuse.
+
+The `may_bind` answers stand in for the API server's SubjectAccessReviews here; the
+webhooks over HTTPS against the emulator's RBAC are tested in test_op_webhooks.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa, x25519
+
+from rdsgate.operator import admission, pki
+from rdsgate.operator.admission import Refused, Requester, Verdict
+
+ALICE = {"username": "alice", "uid": "u-1", "groups": ["devs", "system:authenticated"]}
+STAMPED = {
+    "rdsgate.dev/requested-by": "alice",
+    "rdsgate.dev/requested-by-groups": '["devs","system:authenticated"]',
+}
+
+
+def token(*roles: str, annotations: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "rdsgate.dev/v1alpha1",
+        "kind": "Token",
+        "metadata": {"name": "t", "namespace": "shop", "annotations": dict(annotations or {})},
+        "spec": {"roles": list(roles), **spec},
+    }
+
+
+def binds(*allowed: str, asked: list[tuple[str, str, str]] | None = None) -> admission.MayBind:
+    """An RBAC where the requester may bind exactly `allowed` ("*": any Role)."""
+
+    def may_bind(requester: Requester, namespace: str, role: str) -> Verdict:
+        if asked is not None:
+            asked.append((requester.username, namespace, role))
+        return Verdict("*" in allowed or role in allowed, "")
+
+    return may_bind
+
+
+def public_pem(key: Any) -> str:
+    return str(
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def test_the_requester_is_stamped_from_the_api_servers_user_info() -> None:
+    assert admission.stamp(ALICE) == STAMPED
+    assert Requester.of_token(token(annotations=STAMPED)) == Requester(
+        "alice", ("devs", "system:authenticated")
+    )
+    assert Requester.of_token(token()) is None
+
+
+def test_creating_a_token_needs_bind_on_each_role() -> None:
+    asked: list[tuple[str, str, str]] = []
+    admission.review(
+        "CREATE", token("app-ro", annotations=STAMPED), None, ALICE, binds("app-ro", asked=asked)
+    )
+    assert asked == [("alice", "shop", "app-ro")]
+    with pytest.raises(Refused) as refused:
+        admission.review(
+            "CREATE", token("app-rw", annotations=STAMPED), None, ALICE, binds("app-ro")
+        )
+    assert refused.value.code == 403
+    assert refused.value.message == (
+        'alice may not bind Role "app-rw" in namespace "shop" '
+        '(needs verb bind on roles.rdsgate.dev "app-rw")'
+    )
+
+
+def test_the_refusal_names_every_role_missing() -> None:
+    with pytest.raises(Refused) as refused:
+        admission.review(
+            "CREATE",
+            token("app-ro", "app-rw", "admin", annotations=STAMPED),
+            None,
+            ALICE,
+            binds("app-ro"),
+        )
+    assert refused.value.message == (
+        'alice may not bind Roles "app-rw" and "admin" in namespace "shop" '
+        '(needs verb bind on roles.rdsgate.dev "app-rw" and "admin")'
+    )
+
+
+def test_no_answer_from_the_api_server_refuses_and_says_to_retry() -> None:
+    def down(requester: Requester, namespace: str, role: str) -> Verdict:
+        return Verdict(None, "connection refused")
+
+    with pytest.raises(Refused) as refused:
+        admission.review("CREATE", token("app-ro", annotations=STAMPED), None, ALICE, down)
+    assert refused.value.code == 503
+    assert "connection refused" in refused.value.message
+
+
+def test_a_token_without_the_stamp_is_refused_fail_closed() -> None:
+    """Only the mutating webhook puts the requester there: without it, no Token is made."""
+    forged = {**STAMPED, "rdsgate.dev/requested-by": "bob"}
+    for stamp in ({}, forged):
+        with pytest.raises(Refused) as refused:
+            admission.review("CREATE", token("app-ro", annotations=stamp), None, ALICE, binds("*"))
+        assert "requester.tokens.rdsgate.dev did not run" in refused.value.message
+
+
+def test_an_update_adding_a_role_needs_bind_on_that_role_only() -> None:
+    old = token("app-ro", annotations=STAMPED)
+    bob = {"username": "bob", "groups": ["oncall"]}
+    asked: list[tuple[str, str, str]] = []
+    admission.review(
+        "UPDATE",
+        token("app-ro", "app-rw", annotations=STAMPED),
+        old,
+        bob,
+        binds("app-rw", asked=asked),
+    )
+    assert asked == [("bob", "shop", "app-rw")]
+    with pytest.raises(Refused) as refused:
+        admission.review(
+            "UPDATE", token("app-ro", "app-rw", annotations=STAMPED), old, bob, binds()
+        )
+    assert refused.value.message.startswith('bob may not bind Role "app-rw" in namespace "shop"')
+
+
+def test_an_update_that_keeps_the_roles_asks_nothing() -> None:
+    """The operator's own writes (finalizers, kopf's annotations), a ttl or label edit."""
+    old = token("app-rw", annotations=STAMPED)
+    new = token("app-rw", annotations={**STAMPED, "rdsgate.dev/last-handled-configuration": "{}"})
+    new["metadata"]["finalizers"] = ["rdsgate.dev/finalizer"]
+    asked: list[tuple[str, str, str]] = []
+    admission.review(
+        "UPDATE", new, old, {"username": "system:serviceaccount:rdsgate:op"}, binds(asked=asked)
+    )
+    assert asked == []
+
+
+@pytest.mark.parametrize(
+    "annotations",
+    [
+        {**STAMPED, "rdsgate.dev/requested-by": "mallory"},
+        {**STAMPED, "rdsgate.dev/requested-by-groups": '["system:masters"]'},
+        {"rdsgate.dev/requested-by-groups": STAMPED["rdsgate.dev/requested-by-groups"]},
+        {},
+    ],
+    ids=["changed", "groups changed", "removed", "both removed"],
+)
+def test_the_requester_annotations_never_change(annotations: dict[str, str]) -> None:
+    with pytest.raises(Refused) as refused:
+        admission.review(
+            "UPDATE",
+            token("app-rw", annotations=annotations),
+            token("app-rw", annotations=STAMPED),
+            ALICE,
+            binds("*"),
+        )
+    assert refused.value.code == 422
+    assert (
+        "records who created this Token and cannot be changed or removed" in refused.value.message
+    )
+
+
+def test_a_token_from_before_the_webhooks_cannot_be_given_a_requester() -> None:
+    with pytest.raises(Refused):
+        admission.review(
+            "UPDATE", token("app-rw", annotations=STAMPED), token("app-rw"), ALICE, binds("*")
+        )
+
+
+def test_who_holds_the_grant_never_changes() -> None:
+    key = public_pem(ec.generate_private_key(ec.SECP256R1()))
+    other = public_pem(ec.generate_private_key(ec.SECP256R1()))
+    cases = [
+        (
+            token("r", annotations=STAMPED, publicKey=key),
+            token("r", annotations=STAMPED, publicKey=other),
+        ),
+        (token("r", annotations=STAMPED), token("r", annotations=STAMPED, publicKey=key)),
+        (
+            token("r", annotations=STAMPED, subject={"serviceAccount": {"name": "web"}}),
+            token("r", annotations=STAMPED, subject={"serviceAccount": {"name": "mallory"}}),
+        ),
+    ]
+    for old, new in cases:
+        with pytest.raises(Refused) as refused:
+            admission.review("UPDATE", new, old, ALICE, binds("*"))
+        assert "cannot be changed; create a new Token instead" in refused.value.message
+
+
+KEYS: list[tuple[str, Callable[[], Any]]] = [
+    ("ECDSA P-256", lambda: ec.generate_private_key(ec.SECP256R1())),
+    ("ECDSA P-384", lambda: ec.generate_private_key(ec.SECP384R1())),
+    ("Ed25519", ed25519.Ed25519PrivateKey.generate),
+    ("RSA 2048", lambda: rsa.generate_private_key(65537, 2048)),
+]
+
+
+@pytest.mark.parametrize(("what", "make"), KEYS, ids=[k[0] for k in KEYS])
+def test_accepted_public_keys(what: str, make: Callable[[], Any]) -> None:
+    admission.review(
+        "CREATE",
+        token("r", annotations=STAMPED, publicKey=public_pem(make())),
+        None,
+        ALICE,
+        binds("*"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (
+            lambda: public_pem(ec.generate_private_key(ec.SECP521R1())),
+            "ECDSA curve secp521r1 is not accepted: use P-256 or P-384",
+        ),
+        (
+            lambda: public_pem(rsa.generate_private_key(65537, 1024)),  # noqa: S505 - refused
+            "RSA key of 1024 bits is too short: use at least 2048",
+        ),
+        (
+            lambda: public_pem(ed448.Ed448PrivateKey.generate()),
+            "Ed448PublicKey keys are not accepted",
+        ),
+        (lambda: public_pem(dsa.generate_private_key(2048)), "DSAPublicKey keys are not accepted"),
+        (
+            lambda: public_pem(x25519.X25519PrivateKey.generate()),
+            "X25519PublicKey keys are not accepted",
+        ),
+        (
+            lambda: (
+                ec.generate_private_key(ec.SECP256R1())
+                .private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+                .decode()
+            ),
+            "this is a private key: put only the public key here",
+        ),
+        (lambda: "ssh-ed25519 AAAAC3Nza alice@laptop", "expected a PEM public key starting with"),
+        (
+            lambda: "-----BEGIN PUBLIC KEY-----\nbm90IGEga2V5\n-----END PUBLIC KEY-----\n",
+            "not a readable PEM public key",
+        ),
+    ],
+    ids=["P-521", "RSA-1024", "Ed448", "DSA", "X25519", "private key", "ssh key", "garbage"],
+)
+def test_refused_public_keys_say_why(make: Callable[[], str], reason: str) -> None:
+    with pytest.raises(Refused) as refused:
+        admission.review(
+            "CREATE", token("r", annotations=STAMPED, publicKey=make()), None, ALICE, binds("*")
+        )
+    assert refused.value.code == 422
+    assert refused.value.message.startswith("spec.publicKey: ")
+    assert reason in refused.value.message
+    with pytest.raises(pki.BadPublicKey):
+        pki.load_public_key(make())
+
+
+def test_a_public_key_and_a_service_account_exclude_each_other() -> None:
+    key = public_pem(ec.generate_private_key(ec.SECP256R1()))
+    with pytest.raises(Refused) as refused:
+        admission.review(
+            "CREATE",
+            token(
+                "r", annotations=STAMPED, publicKey=key, subject={"serviceAccount": {"name": "web"}}
+            ),
+            None,
+            ALICE,
+            binds("*"),
+        )
+    assert "exclude each other" in refused.value.message
+
+
+def test_groups_annotation_is_compact_json() -> None:
+    stamped = admission.stamp(
+        {"username": "arn:aws:sts::111122223333:assumed-role/Dev/alice", "groups": ["a", "b"]}
+    )
+    assert json.loads(stamped["rdsgate.dev/requested-by-groups"]) == ["a", "b"]
+    assert stamped["rdsgate.dev/requested-by"] == "arn:aws:sts::111122223333:assumed-role/Dev/alice"
