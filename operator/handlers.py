@@ -23,6 +23,7 @@ conditions.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import threading
@@ -33,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -40,7 +42,8 @@ import kopf
 from rdsgate.proxy.access import secret_digest, utcnow
 from rdsgate.proxy.auth import client_certificate_uri
 
-from . import access, diagnosis, pki, render
+from . import access, admission, diagnosis, pki, render, webhooks
+from .authz import BindChecker
 from .ca import CA_SECRET_NAME, ca_secret, is_current, keypair_from_secret, secret_bytes
 from .kube import (
     CERTIFICATE,
@@ -81,12 +84,29 @@ from .status import (
 log = logging.getLogger(__name__)
 
 CLIENT_CERT_DAYS = 90
+#: A certificate signed for a Token's own key lives at most this long (renewed before).
+PUBLIC_KEY_CERT_LIFETIME = timedelta(hours=12)
 RETRY_DELAY = 10.0
 DIAGNOSE_TIMEOUT = 3.0
 #: The longest name the API server takes (a DNS subdomain).
 NAME_MAX = 253
 #: Metric label of each reconciler's coalescing key.
 _KINDS = {"db": "database", "ns": "access"}
+
+
+@dataclass(frozen=True)
+class AdmissionConfig:
+    """Where the admission webhooks are served, and how the API server is told of them."""
+
+    listen: tuple[str, int]
+    #: Register the configurations with this Service or URL; None: someone else does (the
+    #: chart with cert-manager's cainjector, or an administrator).
+    target: webhooks.Target | None = None
+    #: tls.crt/tls.key (and ca.crt) kept by someone else (cert-manager); None: the CA's.
+    cert_dir: Path | None = None
+    configuration: str = webhooks.DEFAULT_CONFIGURATION
+    #: How long the API server waits for an answer (the configurations' timeoutSeconds).
+    timeout: int = webhooks.TIMEOUT_SECONDS
 
 
 @dataclass(frozen=True)
@@ -106,6 +126,12 @@ class Config:
     #: Images a Database may name in spec.proxy.image (a repository admits its every tag
     #: and digest); empty: the repository of proxy_image.
     allowed_proxy_images: tuple[str, ...] = ()
+    #: The Token admission webhooks; None: not served (Tokens are not gated).
+    admission: AdmissionConfig | None = None
+    #: At least this often (seconds) every requester's `bind` is asked again.
+    access_recheck_interval: float = 300.0
+    #: Tokens without a stamped requester (from before the webhooks) grant nothing.
+    require_verified_requester: bool = False
 
     @property
     def settings(self) -> render.Settings:
@@ -141,6 +167,7 @@ class Reconciler:
     config: Config
     ca: pki.KeyPair
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    binds: BindChecker | None = None
     _slots: dict[tuple[str, ...], _Slot] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
     #: (kind, namespace, name) → the resourceVersion of the operator's last write of it, so
@@ -148,6 +175,12 @@ class Reconciler:
     _written: dict[tuple[str, str, str], str] = field(default_factory=dict)
     #: namespace → when its access was last compiled (time.monotonic()).
     _synced_at: dict[str, float] = field(default_factory=dict)
+    #: namespace → when its requesters' `bind` was last asked afresh (time.monotonic()).
+    _rechecked_at: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.binds is None:
+            self.binds = BindChecker(self.kube)
 
     def _slot(self, key: tuple[str, ...]) -> _Slot:
         with self._guard:
@@ -477,26 +510,107 @@ class Reconciler:
         if last is None or time.monotonic() - last >= max_age:
             self.sync_access(namespace)
 
+    def recheck_access(self, namespace: str, max_age: float) -> None:
+        """A compile that asks the API server afresh whether every requester may still bind
+        their Roles, unless that was done within `max_age` seconds (every Database's timer
+        calls this; one run serves them all)."""
+        with self._guard:
+            last = self._rechecked_at.get(namespace)
+        if last is None or time.monotonic() - last >= max_age:
+            self._coalesced(
+                ("ns", namespace),
+                lambda: self._sync_access_locked(namespace, fresh=True).raise_errors(),
+            )
+
     def _sync_access(self, namespace: str) -> SyncOutcome:
         with self._lock("ns", namespace):
             return self._sync_access_locked(namespace)
 
-    def _sync_access_locked(self, namespace: str) -> SyncOutcome:
+    def _requester_checks(
+        self, tokens: Sequence[Mapping[str, Any]], namespace: str, now: datetime, fresh: bool
+    ) -> dict[str, access.RequesterCheck]:
+        """What the API server says of each live Token's requester: may they still bind each
+        of its Roles? Answers younger than the recheck interval are reused unless `fresh`."""
+        assert self.binds is not None
+        max_age = 0.0 if fresh else self.config.access_recheck_interval
+        checks: dict[str, access.RequesterCheck] = {}
+        for token in access.live(tokens):
+            requester = admission.Requester.of_token(token)
+            if requester is None:
+                checks[name_of(token)] = access.RequesterCheck(None)
+                continue
+            try:
+                expires_at = access.token_expiry(token, now)
+            except InvalidSpec:
+                expires_at = None
+            if expires_at is not None and expires_at <= now:
+                checks[name_of(token)] = access.RequesterCheck(requester)
+                continue
+            lost: list[str] = []
+            unknown: str | None = None
+            for role in access.token_roles(token):
+                verdict = self.binds.may_bind(requester, namespace, role, max_age=max_age)
+                if verdict.allowed is None:
+                    unknown = unknown or verdict.reason
+                elif not verdict.allowed:
+                    lost.append(role)
+            checks[name_of(token)] = access.RequesterCheck(requester, tuple(lost), unknown)
+        return checks
+
+    def _sync_access_locked(self, namespace: str, *, fresh: bool = False) -> SyncOutcome:
         """Compile the namespace's access and write it out, one object at a time: an object
-        the API refuses is reported (on its Token, or its Database) and the rest is written."""
+        the API refuses is reported (on its Token, or its Database) and the rest is written.
+        `fresh`: every requester's `bind` is asked of the API server now."""
+        assert self.binds is not None
         now = utcnow()
+        started = time.monotonic()
         databases = self.kube.list(DATABASE, namespace)
         roles = self.kube.list(ROLE, namespace)
         tokens = self.kube.list(TOKEN, namespace)
         outcome = SyncOutcome()
 
+        requesters = self._requester_checks(tokens, namespace, now, fresh)
+        if self.binds.take_failures():
+            outcome.errors.append("a SubjectAccessReview failed (the last answers stand)")
         credentials: dict[str, access.Credential] = {}
+        keys: dict[str, pki.PublicKey] = {}
         for token in access.live(tokens):
-            if access.service_account_subject(token) is None:
+            if access.service_account_subject(token) is not None:
+                continue
+            pem = access.public_key_pem(token)
+            if pem is None:
                 credentials[name_of(token)] = self._token_credential(token, now, outcome)
-        compiled = access.compile_namespace(namespace, databases, roles, tokens, credentials, now)
+                continue
+            try:
+                keys[name_of(token)] = key = pki.load_public_key(pem)
+            except pki.BadPublicKey as exc:
+                credentials[name_of(token)] = InvalidSpec(f"spec.publicKey: {exc}")
+                continue
+            uid = str(meta_of(token).get("uid") or "")
+            credentials[name_of(token)] = access.public_key_digest(uid, key)
+        compiled = access.compile_namespace(
+            namespace,
+            databases,
+            roles,
+            tokens,
+            credentials,
+            now,
+            requesters,
+            require_verified=self.config.require_verified_requester,
+        )
+        by_name = {name_of(t): t for t in access.live(tokens)}
+        for name, key in keys.items():
+            found = compiled.tokens.get(name)
+            if found is not None and found.grant is not None:
+                found.certificate = self._key_certificate(by_name[name], found, key, now)
+        self.metrics.tokens_unverified.labels(namespace).set(
+            sum(1 for c in requesters.values() if c.requester is None)
+        )
 
-        for obj in access.live(databases):
+        live_databases = access.live(databases)
+        if live_databases:
+            self._apply_ca_config_map(namespace, live_databases, outcome)
+        for obj in live_databases:
             db = render.Database(obj)
             bundle = compiled.bundles[db.name]
             problems = outcome.database_problems.setdefault(db.name, [])
@@ -522,7 +636,73 @@ class Reconciler:
                 outcome.errors.append(str(exc))
         with self._guard:
             self._synced_at[namespace] = time.monotonic()
+            if fresh:
+                self._rechecked_at[namespace] = started
         return outcome
+
+    def _apply_ca_config_map(
+        self, namespace: str, databases: Sequence[Mapping[str, Any]], outcome: SyncOutcome
+    ) -> None:
+        """The namespace's `rdsgate-ca` ConfigMap; one someone else made is left alone."""
+        desired = render.ca_config_map(namespace, databases, self.ca.cert_pem)
+        try:
+            current = self.kube.get(CONFIG_MAP, namespace, render.CA_CONFIG_MAP)
+            if current is not None and labels_of(current).get(render.LABEL_MANAGED_BY) != (
+                render.MANAGED_BY
+            ):
+                log.warning(
+                    "ConfigMap %s/%s exists and is not managed by rdsgate: not writing the CA "
+                    "there; people and apps find it in each Database's ConfigMap instead",
+                    namespace,
+                    render.CA_CONFIG_MAP,
+                )
+                return
+            result, written = self.kube.apply(desired, current)
+            self._remember(result, written)
+        except KubeError as exc:
+            outcome.errors.append(str(exc))
+
+    def _key_certificate(
+        self,
+        token: Mapping[str, Any],
+        found: access.TokenFindings,
+        key: pki.PublicKey,
+        now: datetime,
+    ) -> tuple[bytes, datetime]:
+        """The client certificate for a Token's own key: the one in its status while it is
+        current, else a new one for at most min(its remaining TTL, 12 hours)."""
+        assert found.grant is not None and found.grant.public_key_sha256 is not None
+        digest = found.grant.public_key_sha256
+        status = token.get("status") if isinstance(token.get("status"), Mapping) else {}
+        pem = (status or {}).get("certificate")
+        uri = client_certificate_uri(found.identity, digest)
+        if isinstance(pem, str) and pem:
+            existing = pki.KeyPair(pem.encode(), b"")
+            try:
+                current = (
+                    is_current(existing, self.ca, now, uris=[uri], not_after=found.expires_at)
+                    and existing.cert.public_key() == key
+                )
+            except ValueError:
+                current = False
+            if current:
+                return existing.cert_pem, existing.cert.not_valid_after_utc
+        end = now + PUBLIC_KEY_CERT_LIFETIME
+        if found.expires_at is not None:
+            end = min(end, found.expires_at)
+        cert = pki.sign_client_cert(
+            self.ca, key, found.identity, binding_sha256=digest, not_after=end
+        )
+        self.kube.post_event(
+            token,
+            EventSpec(
+                "Normal",
+                "CertificateIssued",
+                f"signed a client certificate for the Token's public key, valid until "
+                f"{pki.not_after(cert).strftime('%Y-%m-%dT%H:%M:%SZ')}",
+            ),
+        )
+        return cert, pki.not_after(cert)
 
     def _token_credential(
         self, token: Mapping[str, Any], now: datetime, outcome: SyncOutcome
@@ -723,9 +903,26 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
             selector = f"{render.LABEL_MANAGED_BY}={render.MANAGED_BY}"
             settings.watching.label_selectors[(kind.group, kind.version, kind.plural)] = selector
         kube = Kube.connect()
-        runtime.reconciler = Reconciler(
-            kube, config, Reconciler.load_ca(kube, config.operator_namespace), runtime.metrics
-        )
+        ca = Reconciler.load_ca(kube, config.operator_namespace)
+        runtime.reconciler = Reconciler(kube, config, ca, runtime.metrics)
+        if config.admission is not None:
+            settings.admission.server = admission_server(config, kube, ca)
+
+    if config.admission is not None:
+        register_admission(registry, runtime)
+
+    @kopf.timer(
+        *DB_RESOURCE,
+        id="access_recheck",
+        interval=config.access_recheck_interval,
+        initial_delay=config.access_recheck_interval,
+        registry=registry,
+    )
+    def access_recheck(namespace: str | None, **_: Any) -> None:
+        """Access follows live RBAC: every requester's `bind` is asked again at least this
+        often (one fresh compile per namespace, whichever Database's timer comes first)."""
+        interval = config.access_recheck_interval
+        _retrying(lambda: runtime.get().recheck_access(_ns(namespace), interval / 2))
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -801,9 +998,10 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
             owner = reconciler.owner_database(body)
             labels = labels_of(body)
             if render.LABEL_TOKEN in labels or (
-                owner is not None and labels.get(render.LABEL_COMPONENT) == "access"
+                owner is not None and labels.get(render.LABEL_COMPONENT) in ("access", "ca")
             ):
-                # Written by the namespace's compile (a Token Secret, an access Secret).
+                # Written by the namespace's compile (a Token Secret, an access Secret, the
+                # namespace's CA ConfigMap).
                 _logged(lambda: reconciler.sync_access(ns))
             elif owner is not None:
                 _logged(lambda: reconciler.reconcile_database(ns, owner))
@@ -843,3 +1041,94 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
                 await asyncio.to_thread(_retrying, partial(reconciler.sync_access, _ns(namespace)))
                 return
             await stopped.wait(min(remaining + 0.05, 3600.0))
+
+
+def server_names_for(host: str) -> tuple[list[str], list[str]]:
+    """The names a certificate for a listening address answers to: the host, or for a
+    catch-all address the loopback names (a developer's own machine)."""
+    try:
+        address = ipaddress.ip_address(host or "0.0.0.0")  # noqa: S104 - recognising, not binding
+    except ValueError:
+        return [host], []
+    if address.is_unspecified:
+        return ["localhost"], ["127.0.0.1", "::1"]
+    return [], [str(address)]
+
+
+def admission_server(config: Config, kube: Kube, ca: pki.KeyPair) -> webhooks.AdmissionServer:
+    """kopf's webhook server for the Token webhooks, as the flags configure it."""
+    adm = config.admission
+    assert adm is not None
+    host, port = adm.listen
+    if adm.target is not None:
+        dns, ips = adm.target.server_names(config.cluster_domain)
+    else:
+        log.info(
+            "serving the admission webhooks on %s:%d without registering them (no "
+            "--admission-url or --admission-service): the webhook configurations must name "
+            "this server",
+            host,
+            port,
+        )
+        dns, ips = server_names_for(host)
+    registration = (
+        webhooks.Registration(kube, adm.configuration, adm.target, config.namespaces, adm.timeout)
+        if adm.target is not None
+        else None
+    )
+    return webhooks.AdmissionServer(
+        addr=host,
+        port=port,
+        ca=None if adm.cert_dir is not None else ca,
+        dns_names=dns,
+        ip_addresses=ips,
+        cert_dir=adm.cert_dir,
+        registration=registration,
+    )
+
+
+def register_admission(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
+    """The Token webhooks (docs/access-control.md): stamp the requester, check `bind`."""
+
+    @kopf.on.mutate(
+        *TOKEN_RESOURCE,
+        id=admission.MUTATING_ID,
+        operations=["CREATE"],
+        persistent=True,
+        side_effects=False,
+        registry=registry,
+    )
+    def stamp_requester(patch: kopf.Patch, userinfo: kopf.UserInfo, **_: Any) -> None:
+        """Every new Token names its requester as the API server authenticated them."""
+        for key, value in admission.stamp(userinfo).items():
+            patch.metadata.annotations[key] = value
+        runtime.metrics.admission_reviews.labels(admission.MUTATING_WEBHOOK, "allowed").inc()
+
+    @kopf.on.validate(
+        *TOKEN_RESOURCE,
+        id=admission.VALIDATING_ID,
+        operations=["CREATE", "UPDATE"],
+        persistent=True,
+        side_effects=False,
+        registry=registry,
+    )
+    def check_token(body: kopf.Body, userinfo: kopf.UserInfo, **kwargs: Any) -> None:
+        """A Token may only name Roles its requester may bind; its requester is fixed."""
+        operation, old = kwargs.get("operation"), kwargs.get("old")
+        binds = runtime.get().binds
+        assert binds is not None
+        info: Mapping[str, Any] = userinfo
+        uid, extra = info.get("uid"), info.get("extra")
+
+        def may_bind(
+            requester: admission.Requester, namespace: str, role: str
+        ) -> admission.Verdict:
+            return binds.may_bind(requester, namespace, role, uid=uid, extra=extra)
+
+        metric = runtime.metrics.admission_reviews
+        try:
+            admission.review(operation, body, old, userinfo, may_bind)
+        except admission.Refused as exc:
+            metric.labels(admission.VALIDATING_WEBHOOK, "refused").inc()
+            raise kopf.AdmissionError(exc.message, code=exc.code) from None
+        metric.labels(admission.VALIDATING_WEBHOOK, "allowed").inc()

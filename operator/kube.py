@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -74,6 +74,23 @@ POD = Kind("", "v1", "pods", "Pod")
 CLUSTER_ROLE_BINDING = Kind(
     "rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", False
 )
+VALIDATING_WEBHOOKS = Kind(
+    "admissionregistration.k8s.io",
+    "v1",
+    "validatingwebhookconfigurations",
+    "ValidatingWebhookConfiguration",
+    False,
+)
+MUTATING_WEBHOOKS = Kind(
+    "admissionregistration.k8s.io",
+    "v1",
+    "mutatingwebhookconfigurations",
+    "MutatingWebhookConfiguration",
+    False,
+)
+SUBJECT_ACCESS_REVIEW = Kind(
+    "authorization.k8s.io", "v1", "subjectaccessreviews", "SubjectAccessReview", False
+)
 
 KINDS = {
     (k.api_version, k.kind): k
@@ -91,6 +108,9 @@ KINDS = {
         CERTIFICATE,
         POD,
         CLUSTER_ROLE_BINDING,
+        VALIDATING_WEBHOOKS,
+        MUTATING_WEBHOOKS,
+        SUBJECT_ACCESS_REVIEW,
     )
 }
 
@@ -242,14 +262,49 @@ class Kube:
         return list(items)
 
     def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        kind, meta = kind_of(obj), obj["metadata"]
+        kind, meta = kind_of(obj), obj.get("metadata") or {}
+        ns = str(meta.get("namespace") or "")
+        name = meta.get("name", meta.get("generateName"))
         created: dict[str, Any] = self._call(
             "POST",
-            kind.path(meta["namespace"]),
-            f"create {kind.kind} {meta['namespace']}/{meta.get('name', meta.get('generateName'))}",
+            kind.path(ns),
+            f"create {kind.kind} {ns + '/' if ns else ''}{name or ''}".rstrip(),
             strip_none(obj),
         )
         return created
+
+    def review_access(
+        self,
+        user: str,
+        groups: Sequence[str],
+        attributes: Mapping[str, str],
+        *,
+        uid: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> tuple[bool, str]:
+        """A SubjectAccessReview (`authorization.k8s.io/v1`): may `user` with `groups` do
+        what `attributes` (resourceAttributes) say? Returns (allowed, the authorizer's reason).
+        Raises KubeError when the API server gives no answer."""
+        spec: dict[str, Any] = {
+            "user": user,
+            "groups": list(groups),
+            "resourceAttributes": dict(attributes),
+        }
+        if uid:
+            spec["uid"] = uid
+        if extra:
+            spec["extra"] = {k: list(v) for k, v in extra.items()}
+        review = self.create(
+            {
+                "apiVersion": SUBJECT_ACCESS_REVIEW.api_version,
+                "kind": SUBJECT_ACCESS_REVIEW.kind,
+                "metadata": {},
+                "spec": spec,
+            }
+        )
+        status = (review or {}).get("status") or {}
+        reason = str(status.get("reason") or status.get("evaluationError") or "")
+        return bool(status.get("allowed")) and not status.get("denied"), reason
 
     def patch(
         self,
@@ -287,7 +342,7 @@ class Kube:
     ) -> tuple[ApplyResult, dict[str, Any]]:
         """Create the object, or merge-patch the fields it lacks; nothing when it has them."""
         kind, meta = kind_of(desired), desired["metadata"]
-        ns, name = meta["namespace"], meta["name"]
+        ns, name = str(meta.get("namespace") or ""), meta["name"]
         if current is None:
             current = self.get(kind, ns, name)
         if current is None:

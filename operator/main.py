@@ -17,7 +17,8 @@ from pathlib import Path
 
 import kopf
 
-from .handlers import Config, Runtime, register
+from . import webhooks
+from .handlers import AdmissionConfig, Config, Runtime, register
 from .render import image_repository
 
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -133,8 +134,98 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz",
     )
+    adm = parser.add_argument_group(
+        "Token admission webhooks (docs/access-control.md; the Helm chart sets these)"
+    )
+    adm.add_argument(
+        "--admission-listen",
+        default=env("RDSGATE_ADMISSION_LISTEN") or None,
+        metavar="HOST:PORT",
+        help="serve the webhooks here over HTTPS (env RDSGATE_ADMISSION_LISTEN; default: "
+        "0.0.0.0:9443 when --admission-url or --admission-service is given, else off: Tokens "
+        "are then not gated)",
+    )
+    adm.add_argument(
+        "--admission-url",
+        default=env("RDSGATE_ADMISSION_URL") or None,
+        metavar="https://HOST:PORT",
+        help="register the webhook configurations with this URL, for an operator outside "
+        "the cluster; its certificate is issued by the operator's CA for HOST "
+        "(env RDSGATE_ADMISSION_URL)",
+    )
+    adm.add_argument(
+        "--admission-service",
+        default=env("RDSGATE_ADMISSION_SERVICE") or None,
+        metavar="NAMESPACE/NAME[:PORT]",
+        help="register the webhook configurations with this Service (port 443 by default), "
+        "certificate for its DNS names (env RDSGATE_ADMISSION_SERVICE)",
+    )
+    adm.add_argument(
+        "--admission-cert-dir",
+        default=env("RDSGATE_ADMISSION_CERT_DIR") or None,
+        metavar="DIR",
+        help="serve with DIR/tls.crt and DIR/tls.key (e.g. cert-manager's Secret), reloaded "
+        "when they change; DIR/ca.crt is the caBundle when registering "
+        "(env RDSGATE_ADMISSION_CERT_DIR; default: issued by the operator's CA)",
+    )
+    adm.add_argument(
+        "--admission-configuration",
+        default=env("RDSGATE_ADMISSION_CONFIGURATION") or webhooks.DEFAULT_CONFIGURATION,
+        metavar="NAME",
+        help="the name of the Validating- and MutatingWebhookConfiguration "
+        "(env RDSGATE_ADMISSION_CONFIGURATION; default %(default)s)",
+    )
+    adm.add_argument(
+        "--admission-timeout",
+        type=int,
+        default=int(env("RDSGATE_ADMISSION_TIMEOUT") or webhooks.TIMEOUT_SECONDS),
+        metavar="SECONDS",
+        help="the configurations' timeoutSeconds, 1 to 30 (env RDSGATE_ADMISSION_TIMEOUT; "
+        "default %(default)s)",
+    )
+    parser.add_argument(
+        "--access-recheck-interval",
+        type=float,
+        default=float(env("RDSGATE_ACCESS_RECHECK_INTERVAL") or 300),
+        metavar="SECONDS",
+        help="ask the API server again at least this often whether each Token's requester "
+        "may still bind its Roles (env RDSGATE_ACCESS_RECHECK_INTERVAL; default %(default)s)",
+    )
+    parser.add_argument(
+        "--require-verified-requester",
+        action="store_true",
+        default=(env("RDSGATE_REQUIRE_VERIFIED_REQUESTER") or "").lower() in ("1", "true", "yes"),
+        help="Tokens without a requester stamped at admission (from before the webhooks) "
+        "grant nothing (env RDSGATE_REQUIRE_VERIFIED_REQUESTER=true)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
+
+
+def parse_admission(args: argparse.Namespace) -> AdmissionConfig | None:
+    """The webhook settings, or None when they are off; ValueError says what is wrong."""
+    if args.admission_url and args.admission_service:
+        raise ValueError("give --admission-url or --admission-service, not both")
+    target: webhooks.Target | None = None
+    if args.admission_url:
+        target = webhooks.Target(url=webhooks.parse_url(args.admission_url))
+    elif args.admission_service:
+        target = webhooks.Target(service=webhooks.parse_service(args.admission_service))
+    listen = args.admission_listen or ("0.0.0.0:9443" if target or args.admission_cert_dir else "")
+    if not listen:
+        return None
+    if not 1 <= args.admission_timeout <= 30:
+        raise ValueError("--admission-timeout must be 1 to 30 seconds (the API server's range)")
+    cert_dir = Path(args.admission_cert_dir) if args.admission_cert_dir else None
+    if cert_dir is not None and not (cert_dir / "tls.crt").is_file():
+        raise ValueError(f"--admission-cert-dir {cert_dir}: no tls.crt there")
+    return AdmissionConfig(
+        listen=webhooks.parse_listen(listen),
+        target=target,
+        cert_dir=cert_dir,
+        configuration=args.admission_configuration,
+        timeout=args.admission_timeout,
+    )
 
 
 def parse_config(args: argparse.Namespace) -> Config:
@@ -153,12 +244,21 @@ def parse_config(args: argparse.Namespace) -> Config:
         diagnose_interval=args.diagnose_interval,
         tokenreview_binding=args.proxy_tokenreview_binding,
         allowed_proxy_images=tuple(dict.fromkeys(allowed)) or (image_repository(args.proxy_image),),
+        admission=parse_admission(args),
+        access_recheck_interval=args.access_recheck_interval,
+        require_verified_requester=args.require_verified_requester,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    config = parse_config(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = parse_config(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.access_recheck_interval <= 0 or args.access_recheck_interval > 300:
+        parser.error("--access-recheck-interval must be more than 0 and at most 300 seconds")
     kopf.configure(
         verbose=args.verbose,
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,
@@ -167,11 +267,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         # kopf logs every handler success per object at INFO; keep its warnings and errors.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+        # One access-log line per AdmissionReview; the webhooks' metric counts them.
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("rdsgate").info(
         "starting rdsgate-operator %s, watching %s",
         _version(),
         ", ".join(config.namespaces) or "all namespaces",
     )
+    if config.admission is None:
+        logging.getLogger("rdsgate").warning(
+            "the Token admission webhooks are off (no --admission-listen): whoever may create "
+            "a Token may name any Role, and Tokens carry no verified requester "
+            "(docs/access-control.md)"
+        )
     registry = kopf.OperatorRegistry()
     runtime = Runtime(config)
     if args.metrics_port:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 
 class OperatorMetrics:
@@ -27,6 +27,19 @@ class OperatorMetrics:
             "How long reconciles take",
             ["kind"],
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.admission_reviews = Counter(
+            "rdsgate_operator_admission_reviews",
+            "AdmissionReviews of Tokens answered, by webhook and result (allowed, refused)",
+            ["webhook", "result"],
+            registry=r,
+        )
+        self.tokens_unverified = Gauge(
+            "rdsgate_operator_tokens_unverified",
+            "Tokens with no requester stamped at admission (created before the webhooks), "
+            "by namespace",
+            ["namespace"],
             registry=r,
         )
 

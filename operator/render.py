@@ -393,6 +393,40 @@ def access_secret(db: Database, bundle_text: str) -> dict[str, Any]:
     }
 
 
+#: The namespace-wide ConfigMap of the operator's CA (key `ca.crt`): apps and people verify
+#: the proxies with it, and `db connect` reads it instead of any Secret.
+CA_CONFIG_MAP = "rdsgate-ca"
+
+
+def ca_config_map(
+    namespace: str, databases: Sequence[Mapping[str, Any]], ca_pem: bytes
+) -> dict[str, Any]:
+    """ConfigMap `rdsgate-ca` of a namespace with Databases: owned by every one of them (none
+    a controller), so the garbage collector removes it with the last one."""
+    owners = [
+        {
+            **owner_reference("Database", str(meta_of(d).get("name")), str(meta_of(d).get("uid"))),
+            "controller": False,
+        }
+        for d in sorted(databases, key=lambda d: str(meta_of(d).get("name")))
+    ]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": CA_CONFIG_MAP,
+            "namespace": namespace,
+            "labels": {
+                LABEL_NAME: "rdsgate",
+                LABEL_COMPONENT: "ca",
+                LABEL_MANAGED_BY: MANAGED_BY,
+            },
+            "ownerReferences": owners,
+        },
+        "data": {"ca.crt": ca_pem.decode()},
+    }
+
+
 # Workload
 
 

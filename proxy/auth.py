@@ -25,6 +25,12 @@ from .tokenreview import Reviewed
 
 Method = Literal["password", "certificate", "serviceaccount"]
 URI_PREFIX = "rdsgate://"
+#: Where a client finds the certificate to use: a Token's Secret, or for a Token with its
+#: own key pair, its status (which `rdsgate db connect` fetches and renews).
+CURRENT_CERTIFICATE = (
+    "use the current certificate of your Token: tls.crt and tls.key of its Secret, or "
+    "status.certificate for a Token with spec.publicKey (run `rdsgate db connect` again)"
+)
 BINDING_LENGTH = 16
 
 
@@ -87,7 +93,7 @@ def certificate_identity(der: bytes, now: datetime) -> tuple[str, str]:
         raise AuthenticationFailed(
             f"client certificate expired at {cert.not_valid_after_utc.isoformat()}",
             reason="certificate_expired",
-            hint="use the current tls.crt and tls.key of your Token's Secret",
+            hint=CURRENT_CERTIFICATE,
         )
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -101,7 +107,7 @@ def certificate_identity(der: bytes, now: datetime) -> tuple[str, str]:
     raise AuthenticationFailed(
         "client certificate names no rdsgate Token (no rdsgate://NAMESPACE/TOKEN#… URI)",
         reason="certificate_unknown",
-        hint="use the tls.crt and tls.key of your Token's Secret",
+        hint=CURRENT_CERTIFICATE,
     )
 
 

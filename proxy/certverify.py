@@ -141,5 +141,6 @@ def peer_certificate(ssl_object: ssl.SSLObject) -> bytes | None:
     raise AuthenticationFailed(
         message,
         reason="certificate_untrusted",
-        hint="use the tls.crt and tls.key of your Token's Secret, or log in with its password",
+        hint="use a certificate from the rdsgate CA: tls.crt and tls.key of your Token's "
+        "Secret, or status.certificate for a Token with spec.publicKey (`rdsgate db connect`)",
     )

@@ -57,3 +57,31 @@ def test_reconciles_are_counted(
     )
     access = 'rdsgate_operator_reconciles_total{kind="access",result="ok"}'
     wait_for(lambda: metric(op, access) >= 1, "a counted access sync", 20, op.tail)
+
+
+def test_tokens_from_before_the_webhooks_are_counted_and_say_so(
+    op: OperatorProcess, private_k8s_api: ApiServer
+) -> None:
+    """No webhooks are registered here, as before an upgrade: Tokens carry no requester."""
+    api = Api(private_k8s_api.url)
+    api.create(
+        {
+            "apiVersion": "rdsgate.dev/v1alpha1",
+            "kind": "Token",
+            "metadata": {"name": "old", "namespace": "metrics"},
+            "spec": {"roles": ["readers"]},
+        }
+    )
+    gauge = 'rdsgate_operator_tokens_unverified{namespace="metrics"}'
+    wait_for(lambda: metric(op, gauge) == 1, "the unverified Token counted", 20, op.tail)
+
+    def verified() -> dict[str, str] | None:
+        return Api.condition(api.get("Token", "metrics", "old"), "RequesterVerified")
+
+    cond = wait_for(verified, "RequesterVerified", 20, op.tail)
+    assert (cond["status"], cond["reason"]) == ("False", "CreatedBeforeAdmission")
+    assert "re-create it to record its requester" in cond["message"]
+    ready = Api.condition(api.get("Token", "metrics", "old"), "Ready")
+    assert ready is not None and ready["reason"] != "RequesterUnverified"
+    api.delete("Token", "metrics", "old")
+    wait_for(lambda: metric(op, gauge) == 0, "the gauge to drop", 20, op.tail)

@@ -392,8 +392,16 @@ def test_a_token_expires(api: Api, namespace: str, rdsgate_operator: OperatorPro
         "the grant",
         diagnostics=op.tail,
     )
-    token = api.get("Token", ns, "orders-app")
-    assert token is not None
+    # The status is written right after the access Secrets, in the same compile.
+    token = wait_for(
+        lambda: (
+            (t := api.get("Token", ns, "orders-app"))
+            and (t.get("status") or {}).get("expiresAt")
+            and t
+        ),
+        "the Token's status",
+        diagnostics=op.tail,
+    )
     expires_at = token["status"]["expiresAt"]
     policy = access_policy(api, ns)
     assert policy is not None

@@ -117,6 +117,7 @@ def test_a_second_reconcile_changes_nothing(
     assert set(versions) == {
         ("ServiceAccount", "orders-rdsgate"),
         ("ConfigMap", "orders-rdsgate"),
+        ("ConfigMap", "rdsgate-ca"),
         ("Secret", "orders-rdsgate-tls"),
         ("Secret", "orders-rdsgate-access"),
         ("Secret", "orders-app-db"),

@@ -83,7 +83,7 @@ def test_certificate_from_another_ca_gets_a_clear_fatal(
     assert out.returncode != 0
     reason = 'client certificate rejected: issued by "CN=someone else\'s CA", not by the rdsgate CA'
     assert f"FATAL:  {reason}" in out.stderr
-    assert "HINT:  use the tls.crt and tls.key of your Token's Secret" in out.stderr
+    assert "HINT:  use a certificate from the rdsgate CA: tls.crt and tls.key of your" in out.stderr
     denied = proxy.wait_audit(
         "auth.denied", lambda e: "client certificate rejected" in e["reason"], start=mark
     )
