@@ -2,13 +2,15 @@
 
 Every object the chart renders, for the default values and the other value sets below, is
 validated by kubernetes-validate (strict, Kubernetes 1.33); PodMonitor and ServiceMonitor,
-which it does not know, by tests/helm/monitoring.py; the CRDs, which come from deploy/crds/
+which it does not know, by tests/helm/monitoring.py, and cert-manager's Certificate by
+tests/helm/cert_manager.py; the CRDs, which come from deploy/crds/
 (the single source, linked into the chart), are checked to be exactly those files in the
 chart directory and in the packaged chart, and validate the examples with their own schemas.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -26,6 +28,7 @@ import yaml
 from rdsgate.operator import main as operator_main
 from rdsgate.operator import render as operator_render
 from tests.fixtures.k8s import EXAMPLES_DIR
+from tests.helm.cert_manager import SCHEMAS as CERT_MANAGER_SCHEMAS
 from tests.helm.chart import (
     CHART,
     CRD_DIR,
@@ -55,6 +58,18 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "serviceMonitor": {"enabled": True, "interval": "1m", "scrapeTimeout": "15s"},
         }
     },
+    "cert-manager": {
+        "webhook": {"certManager": {"enabled": True, "issuerRef": {"name": "rdsgate-ca"}}}
+    },
+    "namespaced-cert-manager": {
+        "watchNamespaces": ["shop"],
+        "webhook": {
+            "certManager": {
+                "enabled": True,
+                "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"},
+            }
+        },
+    },
     "namespaced-monitoring": {
         "watchNamespaces": ["shop"],
         "monitoring": {"podMonitor": {"enabled": True}, "serviceMonitor": {"enabled": True}},
@@ -79,6 +94,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "resyncInterval": 120,
             "diagnoseInterval": 30.5,
             "healthPort": 9090,
+            "accessRecheckInterval": 60,
+            "requireVerifiedRequester": True,
             "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
             "podLabels": {"team": "platform"},
             "podAnnotations": {"example.com/scrape": "false"},
@@ -104,6 +121,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "priorityClassName": "system-cluster-critical",
         },
         "proxyTokenReview": {"enabled": False},
+        "rbac": {"aggregateRoles": False},
+        "webhook": {"port": 10443, "timeoutSeconds": 30},
     },
     "no-rbac-existing-sa": {
         "rbac": {"create": False},
@@ -134,6 +153,8 @@ def test_every_rendered_object_is_valid(
         kind = doc["kind"]
         if kind in MONITORING_SCHEMAS:
             jsonschema.Draft202012Validator(MONITORING_SCHEMAS[kind]).validate(doc)
+        elif kind in CERT_MANAGER_SCHEMAS:
+            jsonschema.Draft202012Validator(CERT_MANAGER_SCHEMAS[kind]).validate(doc)
         else:
             validate_kubernetes(doc)
     names = [(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in docs]
@@ -143,18 +164,24 @@ def test_every_rendered_object_is_valid(
 def test_default_values(rendered: dict[str, list[dict[str, Any]]]) -> None:
     docs = rendered["default"]
     assert sorted((d["kind"], d["metadata"]["name"]) for d in docs) == [
+        ("ClusterRole", "rdsgate-admin"),
+        ("ClusterRole", "rdsgate-edit"),
         ("ClusterRole", "rdsgate-operator"),
         ("ClusterRole", "rdsgate-proxy-tokenreview"),
+        ("ClusterRole", "rdsgate-view"),
         ("ClusterRoleBinding", "rdsgate-operator"),
         ("ClusterRoleBinding", "rdsgate-proxy-tokenreview"),
         ("CustomResourceDefinition", "databases.rdsgate.dev"),
         ("CustomResourceDefinition", "roles.rdsgate.dev"),
         ("CustomResourceDefinition", "tokens.rdsgate.dev"),
         ("Deployment", "rdsgate-operator"),
+        ("MutatingWebhookConfiguration", "rdsgate-tokens"),
+        ("Service", "rdsgate-webhook"),
         ("ServiceAccount", "rdsgate-operator"),
+        ("ValidatingWebhookConfiguration", "rdsgate-tokens"),
     ]
     for doc in docs:
-        if doc["kind"] in ("Deployment", "ServiceAccount"):
+        if doc["kind"] in ("Deployment", "ServiceAccount", "Service"):
             assert doc["metadata"]["namespace"] == NAMESPACE
 
     sa = one(docs, "ServiceAccount")
@@ -170,6 +197,7 @@ def test_default_values(rendered: dict[str, list[dict[str, Any]]]) -> None:
         "runAsNonRoot": True,
         "runAsUser": 65532,
         "runAsGroup": 65532,
+        "fsGroup": 65532,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     container = operator_container(docs)
@@ -199,7 +227,11 @@ def test_default_values(rendered: dict[str, list[dict[str, Any]]]) -> None:
     # RDSGATE_LIVENESS says (tests/helm/test_helm_rbac.py gets 200 from it).
     liveness = urlsplit(env["RDSGATE_LIVENESS"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"health": liveness.port, "metrics": int(env["RDSGATE_METRICS_PORT"])}
+    assert ports == {
+        "health": liveness.port,
+        "metrics": int(env["RDSGATE_METRICS_PORT"]),
+        "webhook": int(env["RDSGATE_ADMISSION_LISTEN"].rpartition(":")[2]),
+    }
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": liveness.path, "port": "health"}
 
@@ -235,6 +267,17 @@ def test_the_chart_environment_configures_the_operator(
     assert config.resync_interval == 120
     assert config.diagnose_interval == 30.5
     assert config.tokenreview_binding is None
+    assert config.access_recheck_interval == 60
+    assert config.require_verified_requester is True
+    # The webhooks, in the operator's own-CA mode (cert-manager mode: test_helm_webhooks.py).
+    assert config.admission is not None
+    host, port = config.admission.listen
+    assert ipaddress.ip_address(host).is_unspecified and port == 10443  # every interface
+    assert config.admission.target is not None
+    assert config.admission.target.service == (NAMESPACE, "dbgate-webhook", 443)
+    assert config.admission.cert_dir is None
+    assert config.admission.configuration == "dbgate-tokens"
+    assert config.admission.timeout == 30
     assert args.log_format == "text"
     assert args.verbose is True
     assert args.liveness == "http://0.0.0.0:9090/healthz"
@@ -284,11 +327,15 @@ def test_namespaced_mode_grants_per_namespace(rendered: dict[str, list[dict[str,
         | {"verbs": ["get"]},
         {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
     ]
-    # Cluster-wide, only discovery reads and the TokenReview binding remain.
+    # Cluster-wide, only discovery reads, SubjectAccessReviews, the webhook configurations'
+    # caBundle and the TokenReview binding remain.
     cluster_role = one(docs, "ClusterRole", "rdsgate-operator")
     assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {
         "customresourcedefinitions",
         "namespaces",
+        "subjectaccessreviews",
+        "validatingwebhookconfigurations",
+        "mutatingwebhookconfigurations",
         "clusterrolebindings",
         "clusterroles",
     }
@@ -318,8 +365,12 @@ def test_an_existing_service_account_without_rbac(
     assert not objects(docs, "ServiceAccount")
     kinds = {d["kind"] for d in docs}
     assert not kinds & {"Role", "RoleBinding"}
-    assert [d["metadata"]["name"] for d in objects(docs, "ClusterRole")] == [
-        "rdsgate-proxy-tokenreview"
+    # People's aggregated ClusterRoles are not the operator's: rbac.aggregateRoles decides.
+    assert sorted(d["metadata"]["name"] for d in objects(docs, "ClusterRole")) == [
+        "rdsgate-admin",
+        "rdsgate-edit",
+        "rdsgate-proxy-tokenreview",
+        "rdsgate-view",
     ]
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "platform-operator"
@@ -478,6 +529,31 @@ def test_notes_tell_the_next_commands(tmp_path: Path) -> None:
     assert "every namespace" in notes
     assert "{{" not in notes and "<no value>" not in notes
 
+    # Who may grant what, and what the webhooks' failurePolicy means.
+    for text in (
+        "needs `bind` on that Role",
+        "kubectl -n NAMESPACE create role bind-app-ro --verb=bind "
+        "--resource=roles.rdsgate.dev --resource-name=app-ro",
+        "kubectl -n NAMESPACE create rolebinding bind-app-ro --role=bind-app-ro --group=GROUP",
+        "include rdsgate-view (read Databases, Roles, Tokens)",
+        "The webhooks (rdsgate-tokens) have failurePolicy Fail: while the operator is down,\n"
+        "no Token can be created or changed",
+        "patches that CA into them",
+    ):
+        assert text in notes, text
+    for name in ("team-app-ro.yaml", "oncall-shop.yaml"):
+        assert f"{name}" in notes and (EXAMPLES_DIR / "rbac" / name).is_file(), name
+    cert_manager = render_notes(
+        {
+            "webhook": {"certManager": {"enabled": True, "issuerRef": {"name": "ca"}}},
+            "rbac": {"aggregateRoles": False},
+        },
+        tmp_path / "cert-manager",
+    )
+    assert "Certificate rdsgate-system/rdsgate-webhook,\nissued by Issuer ca" in cert_manager
+    assert "patches that CA" not in cert_manager
+    assert "rdsgate-view" not in cert_manager
+
     scoped = render_notes(
         {**VALUE_SETS["namespaced"], **VALUE_SETS["monitoring"], **VALUE_SETS["irsa"]},
         tmp_path / "scoped",
@@ -570,3 +646,31 @@ def test_values_yaml_is_what_the_schema_requires() -> None:
                 walk(sub, node["properties"][key], f"{path}.{key}")
 
     walk(values, schema, "values")
+
+
+def test_the_readme_documents_every_value() -> None:
+    """Every value of values.yaml has a row in the chart README's values table (by its path,
+    or by its last part in a row of its group, or under a `group.*` row)."""
+    readme = (CHART / "README.md").read_text()
+    table = readme[readme.index("## Values") : readme.index("## Design decisions")]
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def leaves(node: Mapping[str, Any], path: str) -> list[str]:
+        found: list[str] = []
+        for key, value in node.items():
+            sub = f"{path}.{key}" if path else key
+            if isinstance(value, dict) and value and key != "resources":
+                found += leaves(value, sub)
+            else:
+                found.append(sub)
+        return found
+
+    for path in leaves(values, ""):
+        parts = path.split(".")
+        prefixes = [".".join(parts[:i]) for i in range(1, len(parts))]
+        assert (
+            f"`{path}`" in table
+            or f"`{parts[-1]}`" in table
+            or f"`.{parts[-1]}`" in table
+            or any(f"`{prefix}.*`" in table for prefix in prefixes)
+        ), f"{path} is not in the README's values table"

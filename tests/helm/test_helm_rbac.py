@@ -76,9 +76,12 @@ def free_port() -> int:
         return port
 
 
-def operator_environment(docs: list[dict[str, Any]], health_port: int) -> dict[str, str]:
+def operator_environment(
+    docs: list[dict[str, Any]], health_port: int, webhook_port: int
+) -> dict[str, str]:
     """The Deployment's environment as the kubelet would give it, in this process's world:
-    the downward API filled in, kopf's health endpoint on a free loopback port."""
+    the downward API filled in, kopf's health endpoint and the webhooks on free loopback
+    ports."""
     env: dict[str, str] = {}
     for name, value in env_of(operator_container(docs)).items():
         if isinstance(value, Mapping):
@@ -90,6 +93,9 @@ def operator_environment(docs: list[dict[str, Any]], health_port: int) -> dict[s
     url = urlsplit(env["RDSGATE_LIVENESS"])
     assert url.hostname and ipaddress.ip_address(url.hostname).is_unspecified, url
     env["RDSGATE_LIVENESS"] = urlunsplit(("http", f"127.0.0.1:{health_port}", url.path, "", ""))
+    host, _, _ = env["RDSGATE_ADMISSION_LISTEN"].rpartition(":")
+    assert ipaddress.ip_address(host).is_unspecified, env["RDSGATE_ADMISSION_LISTEN"]
+    env["RDSGATE_ADMISSION_LISTEN"] = f"127.0.0.1:{webhook_port}"
     return env
 
 
@@ -149,6 +155,16 @@ def scenario(api: Api, op: OperatorProcess, binding: str, health_url: str) -> No
             return False
 
     w(healthy, "the health endpoint to answer 200")
+
+    # The operator puts its CA into the webhook configurations the chart installed.
+    def ca_bundles() -> bool:
+        return all(
+            hook["clientConfig"].get("caBundle")
+            for kind in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration")
+            for hook in (api.get(kind, None, "rdsgate-tokens") or {"webhooks": [{}]})["webhooks"]
+        )
+
+    w(ca_bundles, "the caBundle of both webhook configurations")
 
     # Create: a Database with IRSA (generated ServiceAccount, PDB), one with a cert-manager
     # issuer, a Role, a secret Token with a ttl and a ServiceAccount Token.
@@ -308,8 +324,17 @@ def run_operator(tmp_path: Path, values: Mapping[str, Any]) -> Run:
         # What `helm install` creates that the operator works with: the TokenReview binding.
         binding = one(docs, "ClusterRoleBinding", "rdsgate-proxy-tokenreview")
         api.request("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding)
-        port = free_port()
-        env = operator_environment(docs, port)
+        # ... and the webhook configurations (the operator only gets and patches them), whose
+        # Service the emulator routes to the operator's loopback port.
+        for kind in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"):
+            api.create(one(docs, kind))
+        service = one(docs, "Service", "rdsgate-webhook")["metadata"]
+        port, webhook_port = free_port(), free_port()
+        server.emulator.services[(service["namespace"], service["name"], 443)] = (
+            "127.0.0.1",
+            webhook_port,
+        )
+        env = operator_environment(docs, port, webhook_port)
         op = start_operator(server, tmp_path / "operator", environment=env)
         try:
             scenario(api, op, binding["metadata"]["name"], f"http://127.0.0.1:{port}/healthz")
@@ -403,7 +428,8 @@ def test_namespaced_mode_keeps_the_operator_in_its_namespaces(namespaced: Run) -
     cluster_scoped = {
         (c.verb, c.resource) for c in namespaced.calls if c.resource and not c.namespace
     }
-    # Only kopf's discovery of CRDs and Namespaces, and the proxies' TokenReview binding.
+    # Only kopf's discovery of CRDs and Namespaces, the proxies' TokenReview binding, the
+    # bind checks (SubjectAccessReviews) and the webhook configurations' caBundle.
     assert cluster_scoped == {
         ("list", "customresourcedefinitions"),
         ("watch", "customresourcedefinitions"),
@@ -411,6 +437,11 @@ def test_namespaced_mode_keeps_the_operator_in_its_namespaces(namespaced: Run) -
         ("watch", "namespaces"),
         ("get", "clusterrolebindings"),
         ("patch", "clusterrolebindings"),
+        ("create", "subjectaccessreviews"),
+        ("get", "validatingwebhookconfigurations"),
+        ("patch", "validatingwebhookconfigurations"),
+        ("get", "mutatingwebhookconfigurations"),
+        ("patch", "mutatingwebhookconfigurations"),
     }
     cluster_grants = [g for g in namespaced.grants if g.namespace is None]
     assert {r for g in cluster_grants for r in g.rule.resources} == {
@@ -418,4 +449,7 @@ def test_namespaced_mode_keeps_the_operator_in_its_namespaces(namespaced: Run) -
         "namespaces",
         "clusterrolebindings",
         "clusterroles",
+        "subjectaccessreviews",
+        "validatingwebhookconfigurations",
+        "mutatingwebhookconfigurations",
     }

@@ -108,6 +108,62 @@ REJECTED: dict[str, tuple[dict[str, Any], str]] = {
         {"operator": {"podLabels": {"team": "platform team"}}},
         "at '/operator/podLabels/team': 'platform team' does not match pattern",
     ),
+    "privileged webhook port": (
+        {"webhook": {"port": 443}},
+        "at '/webhook/port': minimum: got 443, want 1,024",
+    ),
+    "webhook port as a string": (
+        {"webhook": {"port": "9443"}},
+        "at '/webhook/port': got string, want integer",
+    ),
+    "webhook timeout above the API server's 30 seconds": (
+        {"webhook": {"timeoutSeconds": 31}},
+        "at '/webhook/timeoutSeconds': maximum: got 31, want 30",
+    ),
+    "zero webhook timeout": (
+        {"webhook": {"timeoutSeconds": 0}},
+        "at '/webhook/timeoutSeconds': minimum: got 0, want 1",
+    ),
+    "no switch to turn the webhooks off": (
+        {"webhook": {"enabled": False}},
+        "at '/webhook': additional properties 'enabled' not allowed",
+    ),
+    "cert-manager without an issuer": (
+        {"webhook": {"certManager": {"enabled": True}}},
+        "at '/webhook/certManager/issuerRef/name': minLength: got 0, want 1",
+    ),
+    "bad issuer kind": (
+        {"webhook": {"certManager": {"issuerRef": {"name": "ca", "kind": "cluster-issuer"}}}},
+        "at '/webhook/certManager/issuerRef/kind': 'cluster-issuer' does not match pattern",
+    ),
+    "bad issuer name": (
+        {"webhook": {"certManager": {"enabled": True, "issuerRef": {"name": "Corp CA"}}}},
+        "at '/webhook/certManager/issuerRef/name': 'Corp CA' does not match pattern",
+    ),
+    "unknown issuerRef key": (
+        {"webhook": {"certManager": {"issuerRef": {"namespace": "cert-manager"}}}},
+        "at '/webhook/certManager/issuerRef': additional properties 'namespace' not allowed",
+    ),
+    "zero access recheck interval": (
+        {"operator": {"accessRecheckInterval": 0}},
+        "at '/operator/accessRecheckInterval': exclusiveMinimum: got 0, want 0",
+    ),
+    "access recheck interval above the operator's 300 seconds": (
+        {"operator": {"accessRecheckInterval": 600}},
+        "at '/operator/accessRecheckInterval': maximum: got 600, want 300",
+    ),
+    "access recheck interval as a duration": (
+        {"operator": {"accessRecheckInterval": "5m"}},
+        "at '/operator/accessRecheckInterval': got string, want number",
+    ),
+    "string for requireVerifiedRequester": (
+        {"operator": {"requireVerifiedRequester": "true"}},
+        "at '/operator/requireVerifiedRequester': got string, want boolean",
+    ),
+    "string for aggregateRoles": (
+        {"rbac": {"aggregateRoles": "yes"}},
+        "at '/rbac/aggregateRoles': got string, want boolean",
+    ),
     "bad toleration operator": (
         {"operator": {"tolerations": [{"key": "a", "operator": "Matches"}]}},
         "at '/operator/tolerations/0/operator': value must be one of 'Exists', 'Equal'",
@@ -130,7 +186,27 @@ def test_good_values_pass() -> None:
             "watchNamespaces": ["shop", "team-a1"],
             "serviceAccount": {"roleArn": "arn:aws-cn:iam::123456789012:role/ops/rdsgate"},
             "image": {"tag": "0.1.0-rc.1", "repository": "localhost:5000/rdsgate"},
-            "operator": {"resyncInterval": 0.5, "resources": {"limits": {"cpu": 1}}},
+            "operator": {
+                "resyncInterval": 0.5,
+                "resources": {"limits": {"cpu": 1}},
+                "accessRecheckInterval": 30.5,
+                "requireVerifiedRequester": True,
+            },
+            "rbac": {"aggregateRoles": False},
+            "webhook": {
+                "port": 65535,
+                "timeoutSeconds": 30,
+                "certManager": {
+                    "enabled": True,
+                    "issuerRef": {
+                        "name": "corp.ca",
+                        "kind": "AWSPCAClusterIssuer",
+                        "group": "awspca.cert-manager.io",
+                    },
+                },
+            },
         }
     )
     assert done.returncode == 0, done.stderr
+    # An issuer may be named ahead of turning cert-manager on, and left empty when it is off.
+    assert template({"webhook": {"certManager": {"issuerRef": {"name": "ca"}}}}).returncode == 0

@@ -36,6 +36,46 @@ release name contains it). */}}
 {{- printf "%s-proxy-tokenreview" .Release.Name }}
 {{- end }}
 
+{{/* The admission webhooks: the Service in front of the operator's webhook port (and the
+cert-manager Certificate for it, of the same name), and the Validating- and
+MutatingWebhookConfiguration (one name for both). */}}
+{{- define "rdsgate.webhookName" -}}
+{{- printf "%s-webhook" (include "rdsgate.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "rdsgate.webhookConfigurationName" -}}
+{{- printf "%s-tokens" (include "rdsgate.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "rdsgate.webhookSecretName" -}}
+{{- printf "%s-webhook-tls" (include "rdsgate.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Where the operator reads the cert-manager certificate (tls.crt, tls.key). */}}
+{{- define "rdsgate.webhookCertDir" -}}
+/etc/rdsgate/webhook
+{{- end }}
+
+{{/* The caBundle a webhook has in the cluster now (list: root context, configuration kind,
+webhook name), or nothing: on `helm upgrade` the configurations keep the CA the operator (or
+cert-manager's cainjector) patched in, instead of losing it until they patch it again. Under
+`helm template` and on the first install, lookup finds nothing. */}}
+{{- define "rdsgate.liveCaBundle" -}}
+{{- $root := index . 0 }}
+{{- $webhook := index . 2 }}
+{{- $live := lookup "admissionregistration.k8s.io/v1" (index . 1) "" (include "rdsgate.webhookConfigurationName" $root) }}
+{{- range (dig "webhooks" list ($live | default dict)) }}
+{{- if eq (dig "name" "" .) $webhook }}
+{{- dig "clientConfig" "caBundle" "" . }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The ClusterRoles aggregated into Kubernetes' view, edit and admin. */}}
+{{- define "rdsgate.aggregateRoleName" -}}
+{{- printf "%s-%s" (include "rdsgate.fullname" .root) .role | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "rdsgate.image" -}}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
@@ -84,7 +124,7 @@ any: true
 
 {{/* The rules the operator needs wherever it serves Databases: in a ClusterRole (all
 namespaces) or in a Role per watched namespace. Each is checked against the API calls the
-operator makes in tests/helm/test_rbac.py: nothing missing, nothing extra. */}}
+operator makes in tests/helm/test_helm_rbac.py: nothing missing, nothing extra. */}}
 {{- define "rdsgate.operatorRules" -}}
 # Its three resources: watched (kopf lists and watches them), read one at a time, patched
 # (kopf's finalizer and its bookkeeping annotations prefixed rdsgate.dev/), and their status.
@@ -144,6 +184,20 @@ operator makes in tests/helm/test_rbac.py: nothing missing, nothing extra. */}}
 - apiGroups: [""]
   resources: [namespaces]
   verbs: [list, watch]
+{{- end }}
+# Its validating webhook asks the API server whether the requester of a Token may `bind` each
+# Role it names, and it asks again for every recorded requester at each compile and every
+# accessRecheckInterval (SubjectAccessReview is cluster-scoped, even about a namespace).
+- apiGroups: [authorization.k8s.io]
+  resources: [subjectaccessreviews]
+  verbs: [create]
+{{- if not .Values.webhook.certManager.enabled }}
+# The operator's own CA serves the webhooks: it patches that CA into both webhook
+# configurations' caBundle at start-up and keeps it current (cert-manager mode: cainjector does).
+- apiGroups: [admissionregistration.k8s.io]
+  resources: [validatingwebhookconfigurations, mutatingwebhookconfigurations]
+  resourceNames: [{{ include "rdsgate.webhookConfigurationName" . }}]
+  verbs: [get, patch]
 {{- end }}
 {{- if .Values.proxyTokenReview.enabled }}
 # Keeps the subjects of the proxies' TokenReview binding equal to their ServiceAccounts; `bind`
