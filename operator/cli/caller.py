@@ -7,8 +7,12 @@ An API server without it answers 404; then the kubeconfig context's user name st
 (on EKS such names are shared by everyone using the same cluster entry, so prefer 1.28+).
 
 Tokens the CLI creates carry `rdsgate.dev/owner=<owner_label(username)>` for server-side
-selection, and the full username in the annotation `rdsgate.dev/owner-name`, which is the
-one compared, so two usernames that sanitise to the same label never mix.
+selection, and the full username in the annotation `rdsgate.dev/owner-name`. Whose a Token
+is, though, is the API server's word where it has one: the admission webhooks stamp every
+new Token with `rdsgate.dev/requested-by` (the user the API server authenticated), and a
+Token carrying it is the caller's only when it names the caller. Only a Token without it
+(no webhooks installed) falls back to the owner annotation, compared in full, so two
+usernames that sanitise to the same label never mix.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import CliError
 from .kubeconfig import DEFAULT_KUBECONFIG, Cluster
@@ -27,6 +33,8 @@ LABEL_OWNER = "rdsgate.dev/owner"
 LABEL_DATABASE = "rdsgate.dev/database"
 ANNOTATION_OWNER_NAME = "rdsgate.dev/owner-name"
 ANNOTATION_OWNER_SOURCE = "rdsgate.dev/owner-source"
+#: Set by the API server's admission (operator/admission.py REQUESTED_BY), never by us.
+ANNOTATION_REQUESTED_BY = "rdsgate.dev/requested-by"
 
 SOURCE_REVIEW = "SelfSubjectReview"
 SOURCE_KUBECONFIG = "kubeconfig"
@@ -70,17 +78,23 @@ class Caller:
         """The label selector of the Tokens the CLI created for this caller."""
         return f"{LABEL_CREATED_BY}={CREATED_BY_CLI},{LABEL_OWNER}={self.label}"
 
-    def owns(self, token: dict[str, object]) -> bool:
+    def owns(self, token: Mapping[str, Any]) -> bool:
+        """A CLI Token requested by the caller (per the API server), or, on a Token that
+        admission did not stamp, labelled and annotated as the caller's."""
         meta = token.get("metadata")
-        if not isinstance(meta, dict):
+        if not isinstance(meta, Mapping):
             return False
         labels = meta.get("labels") or {}
         annotations = meta.get("annotations") or {}
+        if not isinstance(labels, Mapping) or not isinstance(annotations, Mapping):
+            return False
+        if labels.get(LABEL_CREATED_BY) != CREATED_BY_CLI:
+            return False
+        requested_by = annotations.get(ANNOTATION_REQUESTED_BY)
+        if requested_by is not None:
+            return bool(requested_by == self.username)
         return (
-            isinstance(labels, dict)
-            and isinstance(annotations, dict)
-            and labels.get(LABEL_CREATED_BY) == CREATED_BY_CLI
-            and labels.get(LABEL_OWNER) == self.label
+            labels.get(LABEL_OWNER) == self.label
             and annotations.get(ANNOTATION_OWNER_NAME) == self.username
         )
 

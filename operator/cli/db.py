@@ -1,12 +1,14 @@
 """`rdsgate db ls | connect | logout`: a person's access to Databases, through short-lived Tokens.
 
 `connect` checks locally what the proxy will check (the Role rules, with the proxy's own
-`rbac.authorize`), creates a Token labelled as the caller's (or reuses one), waits for the
-operator to write its Secret and for the proxy to load the grant, forwards a local port to
-a proxy pod through the Kubernetes API (no kubectl needed) and runs psql with a `PG*`
-environment that verifies the proxy's certificate for `<db>.<ns>.svc`. `ls` shows what
-the caller's roles allow; `logout` deletes the caller's CLI Tokens and local files.
-Who the caller is, and how Tokens are labelled as theirs: `caller.py`.
+`rbac.authorize`), makes (or reuses) the caller's key pair for the Database, creates a
+Token for its public key labelled as the caller's (or reuses one), waits for the operator
+to sign a client certificate into the Token's status and for the proxy to load the grant,
+forwards a local port to a proxy pod through the Kubernetes API (no kubectl needed) and
+runs psql with a `PG*` environment that presents that certificate and verifies the
+proxy's for `<db>.<ns>.svc`. No password exists and no Secret is read. `ls` shows what the
+caller's roles allow and their Tokens; `logout` deletes the caller's CLI Tokens and key
+pairs. Who the caller is, and which Tokens are theirs: `caller.py`; the key: `keypair.py`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -37,6 +40,7 @@ from rich.text import Text
 from rdsgate.proxy.durations import format_duration, parse_duration
 
 from ..objects import spec_of
+from ..status import parse_timestamp
 from .errors import CliError
 from .exitcodes import (
     EXIT_DENIED,
@@ -47,6 +51,7 @@ from .exitcodes import (
     EXIT_TIMEOUT,
     EXIT_USAGE,
 )
+from .keypair import cache_dir, key_pair
 from .kubeapi import custom_path
 from .progress import Backoff, Progress
 from .resources import (
@@ -61,11 +66,12 @@ from .resources import (
     list_roles,
     name_of,
     open_session,
+    prefer_bindable,
     token_expired,
     token_expires_at,
     unique,
 )
-from .tokens import cache_dir, obtain_token, save_token_files
+from .tokens import obtain_token, read_ca, requested_by
 
 if TYPE_CHECKING:
     from .portforward import PortForwarder
@@ -82,18 +88,24 @@ CONNECT_DESCRIPTION = """\
 Connect psql to a Database as DB_USER to DB_NAME, with a short-lived Token of your own.
 
 Steps: the Database must exist and be Ready; your roles must allow DB_USER on DB_NAME on
-it (checked here first, with the proxy's own rules); a Token is created for you (labelled
-rdsgate.dev/created-by=rdsgate-cli and rdsgate.dev/owner=<you>; an unexpired one of yours
-for the same Database, user, database name and roles is reused instead); its Secret's
-CA and client certificate are saved under ~/.cache/rdsgate/<context>/<namespace>/<token>/
-(mode 0600); a local port is forwarded to a Ready proxy pod through the Kubernetes API
-(pods/portforward, as kubectl port-forward does; RBAC: create on pods/portforward, list on
-pods, get on services); once the proxy accepts the Token, psql runs with PGHOST=<db>.<ns>.svc,
-PGHOSTADDR=127.0.0.1 and PGSSLMODE=verify-full, so the proxy's certificate is verified for
-the Service name while the connection goes through the forward.
+it (checked here first, with the proxy's own rules); the proxies' CA is read from the
+ConfigMap rdsgate-ca; your key pair for the Database is made (ECDSA P-256) or reused, in
+~/.cache/rdsgate/<context>/<namespace>/<database>/tls.key (mode 0600; the private key
+never leaves this machine); a Token is created for its public key (spec.publicKey,
+labelled rdsgate.dev/created-by=rdsgate-cli and rdsgate.dev/owner=<you>; a granted one of
+yours for the same Database, user, database name, roles and key is reused instead); the
+operator signs a client certificate for the key into the Token's status, saved next to
+the key as <token>.crt; a local port is forwarded to a Ready proxy pod through the
+Kubernetes API (pods/portforward, as kubectl port-forward does); once the proxy accepts
+the certificate, psql runs with PGSSLCERT/PGSSLKEY/PGSSLROOTCERT, PGHOST=<db>.<ns>.svc,
+PGHOSTADDR=127.0.0.1 and PGSSLMODE=verify-full: the proxy's certificate is verified for
+the Service name while the connection goes through the forward. There is no password, and
+no Secret is read.
 
 Roles: --role R (repeatable) names the Token's roles; without it, the Token gets every
-Role in the namespace that on its own allows DB_USER on DB_NAME on this Database.
+Role in the namespace that on its own allows DB_USER on DB_NAME on this Database (of
+those, the ones you may `bind`, when the API server says so). Creating a Token naming a
+Role you may not bind is refused by the API server (exit 5, in its words).
 
 --print-env prints `export PG...=...` lines (shell-quoted) instead of running psql, then a
 line starting with "# rdsgate:". With a port-forward the command then keeps forwarding in
@@ -124,6 +136,18 @@ def _duration(text: str) -> float:
 def _ttl(text: str) -> str:
     _duration(text)
     return text.strip()
+
+
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+def _database_name(text: str) -> str:
+    """A Database's name (a DNS subdomain): also a directory name under the cache."""
+    if len(text) > 253 or not _NAME.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a Database name (lowercase letters, digits, '-' and '.')"
+        )
+    return text
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -209,7 +233,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         epilog=EXIT_EPILOG,
         formatter_class=formatter,
     )
-    con.add_argument("name", metavar="NAME", help="the Database")
+    con.add_argument("name", metavar="NAME", type=_database_name, help="the Database")
     con.add_argument("--db-user", required=True, metavar="DB_USER", help="database user")
     con.add_argument("--db-name", required=True, metavar="DB_NAME", help="database name")
     con.add_argument(
@@ -248,14 +272,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     out = db_sub.add_parser(
         "logout",
         parents=[common],
-        help="delete your CLI Tokens (for NAME, or all) and their local files",
+        help="delete your CLI Tokens (for NAME, or all) and your key pairs",
         description="Delete the Tokens that `db connect` created for you in the namespace (all\n"
-        "of them, or those for Database NAME) and remove their files under\n"
-        "~/.cache/rdsgate/. Tokens others created are never touched.",
+        "of them, or those for Database NAME) and your key pairs and certificates for\n"
+        "those Databases under ~/.cache/rdsgate/. Tokens others created are never touched.",
         epilog=EXIT_EPILOG,
         formatter_class=formatter,
     )
-    out.add_argument("name", nargs="?", metavar="NAME", help="only the Tokens for this Database")
+    out.add_argument(
+        "name",
+        nargs="?",
+        metavar="NAME",
+        type=_database_name,
+        help="only the Tokens and the key pair for this Database",
+    )
     out.set_defaults(func=run_logout)
 
 
@@ -317,6 +347,7 @@ def run_ls(args: argparse.Namespace) -> int:
                         "databaseName": spec_of(t).get("databaseName"),
                         "roles": list(spec_of(t).get("roles") or []),
                         "expiresAt": (t.get("status") or {}).get("expiresAt"),
+                        "requestedBy": requested_by(t),
                     }
                     for t in tokens
                     if spec_of(t).get("database") == name_of(db)
@@ -384,8 +415,36 @@ def _print_table(
     out.print(table)
     for note in notes:
         out.print(Text(note), soft_wrap=True)
+    tokens = [(row["name"], t) for row in rows for t in row["tokens"]]
+    if tokens:
+        out.print()
+        out.print(_tokens_table(tokens))
     caption = f"Access for {s.caller.username} from {basis}: {', '.join(names) or 'no roles'}."
     out.print(Text(caption, style="dim"), soft_wrap=True)
+
+
+def _tokens_table(tokens: list[tuple[str, dict[str, Any]]]) -> Table:
+    """The caller's Tokens, with who asked for each as the API server recorded it."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("TOKEN", "DATABASE", "USER", "DB-NAME", "ROLES", "EXPIRES", "REQUESTED-BY"):
+        table.add_column(column, overflow="fold")
+    for database, token in tokens:
+        expires = token["expiresAt"]
+        if isinstance(expires, str):
+            with contextlib.suppress(ValueError):
+                expires = _when(parse_timestamp(expires))
+        table.add_row(
+            Text(token["name"]),
+            Text(database),
+            Text(str(token["databaseUser"] or "-")),
+            Text(str(token["databaseName"] or "-")),
+            Text(", ".join(token["roles"]) or "-"),
+            Text(str(expires or "-")),
+            Text(
+                token["requestedBy"] or "not recorded", style="" if token["requestedBy"] else "dim"
+            ),
+        )
+    return table
 
 
 # db connect
@@ -411,25 +470,27 @@ def pg_env(
     port: int,
     user: str,
     dbname: str,
-    password: str,
     ca_file: Path,
+    cert_file: Path,
+    key_file: Path,
 ) -> dict[str, str]:
-    """libpq's environment: PGHOST names the Service for verify-full, PGHOSTADDR is dialled."""
+    """libpq's environment: PGHOST names the Service for verify-full, PGHOSTADDR is dialled,
+    the client certificate is the credential (no password)."""
     return {
         "PGHOST": f"{db}.{ns}.svc",
         "PGHOSTADDR": hostaddr,
         "PGPORT": str(port),
         "PGUSER": user,
         "PGDATABASE": dbname,
-        "PGPASSWORD": password,
         "PGSSLMODE": "verify-full",
         "PGSSLROOTCERT": str(ca_file),
+        "PGSSLCERT": str(cert_file),
+        "PGSSLKEY": str(key_file),
     }
 
 
 def wait_for_grant(
     env: Mapping[str, str],
-    ca_file: Path,
     backoff: Backoff,
     timeout: float,
     progress: Progress,
@@ -443,10 +504,11 @@ def wait_for_grant(
             address=env["PGHOSTADDR"],
             port=int(env["PGPORT"]),
             server_name=env["PGHOST"],
-            ca_file=ca_file,
+            ca_file=Path(env["PGSSLROOTCERT"]),
+            cert_file=Path(env["PGSSLCERT"]),
+            key_file=Path(env["PGSSLKEY"]),
             user=env["PGUSER"],
             dbname=env["PGDATABASE"],
-            password=env["PGPASSWORD"],
             timeout=max(1.0, min(10.0, backoff.remaining)),
         )
 
@@ -457,7 +519,7 @@ def wait_for_grant(
             if probe.ok:
                 return
             if probe.tls_error:
-                raise CliError(f"cannot verify the proxy: {probe.message}", EXIT_ERROR)
+                raise CliError(f"cannot log in through the proxy: {probe.message}", EXIT_ERROR)
             if probe.sqlstate == "28000":
                 raise CliError(f"the proxy refused the login: {probe.message}", EXIT_DENIED)
             if not (probe.grant_not_loaded or probe.unreachable):
@@ -546,9 +608,15 @@ def run_connect(args: argparse.Namespace) -> int:
     check_ready(db, ns)
     now = datetime.now(UTC)
     roles = choose_roles(list_roles(s.api, ns), args.role, db, ns, args.db_user, args.db_name, now)
+    if not args.role:
+        roles = prefer_bindable(s.api, ns, roles)
+    ca_pem = read_ca(s)
+    keys = key_pair(cache_dir(s.cluster.context, ns) / name)
+    if keys.created:
+        progress.done(f"Made your key pair for Database {ns}/{name}: {keys.key_file}")
     backoff = Backoff(time.monotonic() + args.timeout)
     grantee = obtain_token(
-        s, name, args.db_user, args.db_name, roles, args.ttl, backoff, args.timeout, progress
+        s, name, args.db_user, args.db_name, roles, args.ttl, keys, backoff, args.timeout, progress
     )
     token_name = name_of(grantee.token)
     expires = token_expires_at(grantee.token)
@@ -556,10 +624,8 @@ def run_connect(args: argparse.Namespace) -> int:
         f"{'Reusing' if grantee.reused else 'Created'} Token {ns}/{token_name} "
         f"(roles {', '.join(roles)}" + (f"; expires {_when(expires)}" if expires else "") + ")"
     )
-    ca_file = save_token_files(
-        cache_dir(s.cluster.context, ns) / token_name, grantee.secret, grantee.token, s.caller
-    )
-    password = grantee.secret["token"].decode()
+    ca_file = keys.save_ca(ca_pem)
+    cert_file = keys.save_certificate(token_name, grantee.certificate.pem)
     forwarder: PortForwarder | None = None
     try:
         if args.address is not None:
@@ -587,10 +653,11 @@ def run_connect(args: argparse.Namespace) -> int:
             port=port,
             user=args.db_user,
             dbname=args.db_name,
-            password=password,
             ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=keys.key_file,
         )
-        wait_for_grant(env, ca_file, backoff, args.timeout, progress, forwarder)
+        wait_for_grant(env, backoff, args.timeout, progress, forwarder)
         if args.print_env:
             if forwarder is None:
                 _print_env(env, f"{route}; Token {ns}/{token_name}")
@@ -629,21 +696,19 @@ def run_logout(args: argparse.Namespace) -> int:
                 f"Deleted Token {ns}/{name} (Database {spec.get('database')}, "
                 f"user {spec.get('databaseUser')}, database {spec.get('databaseName')})"
             )
-    deleted = {name_of(t) for t in tokens}
     base = cache_dir(s.cluster.context, ns)
-    for directory in sorted(base.iterdir()) if base.is_dir() else []:
-        note: dict[str, Any] = {}
-        with contextlib.suppress(OSError, ValueError):
-            note = json.loads((directory / "token.json").read_text())
-        ours = directory.name in deleted or note.get("owner") == s.caller.username
-        if ours and (args.name is None or note.get("database") == args.name):
-            shutil.rmtree(directory, ignore_errors=True)
-            removed += 1
-            out.print(f"Removed {directory}")
+    if args.name is not None:
+        directories = [base / args.name] if (base / args.name).is_dir() else []
+    else:
+        directories = sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+    for directory in directories:
+        shutil.rmtree(directory, ignore_errors=True)
+        removed += 1
+        out.print(f"Removed {directory} (your key pair)")
     if not removed:
         what = f" for Database {args.name}" if args.name else ""
         out.print(
             f"Nothing to remove: no Tokens of yours ({s.caller.username}) from `rdsgate db "
-            f"connect`{what} in namespace {ns}, and no local files."
+            f"connect`{what} in namespace {ns}, and no key pair."
         )
     return 0

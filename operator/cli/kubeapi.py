@@ -82,7 +82,7 @@ class KubeApi:
     def error(self, exc: Exception, what: str) -> CliError:
         """The CliError for an ApiException: the server's own message, and what to check."""
         status = int(getattr(exc, "status", 0) or 0)
-        message = _status_message(exc)
+        message = status_message(exc)
         if status == 0:
             return CliError(
                 f"cannot reach the Kubernetes API at {self.host}: {message}", exit_code=2
@@ -150,7 +150,8 @@ class _NotFound(Exception):
     pass
 
 
-def _status_message(exc: Exception) -> str:
+def status_message(exc: Exception) -> str:
+    """The API server's own words from an ApiException (its Status `message`)."""
     body = getattr(exc, "body", None)
     if body:
         try:

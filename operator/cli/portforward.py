@@ -14,6 +14,7 @@ import contextlib
 import select
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -231,8 +232,7 @@ class PortForwarder:
             try:
                 _bridge(conn, remote)
             finally:
-                with contextlib.suppress(OSError):
-                    remote.close()
+                _close_gently(remote)
             error = forward.error(target.port)
             if error:
                 self._fail(
@@ -243,6 +243,21 @@ class PortForwarder:
                 self._active.discard(conn)
             with contextlib.suppress(OSError):
                 conn.close()
+
+
+def _close_gently(sock: Any, linger: float = 2.0) -> None:
+    """Half-closes, reads what is still coming, then closes: a socket closed with unread
+    data is reset, and the `kubernetes` client's forwarding thread at the other end of the
+    pair then dies with a ConnectionResetError traceback on the user's terminal."""
+    deadline = time.monotonic() + linger
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not sock.recv(65536):
+                break
+    with contextlib.suppress(OSError):
+        sock.close()
 
 
 def _bridge(local: socket.socket, remote: Any) -> None:

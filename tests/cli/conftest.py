@@ -3,17 +3,21 @@ proxy pod, and people with kubeconfigs of their own.
 
 The `rdsgate` executable runs as a subprocess with a kubeconfig for the Kubernetes API
 emulator (over HTTP) and its own cache directory. The session's real `rdsgate-operator`
-turns the Database, Roles and the Tokens the CLI creates into Secrets; the proxy runs the
+turns the Database and Roles into the proxy's objects, and signs a client certificate
+into the status of each Token the CLI creates for its own key pair; the proxy runs the
 command of the Deployment the operator rendered, with its ConfigMap and Secrets mounted
 in the kubelet's layout (tests/fixtures/pods.py), refreshed from the API every 0.2 s as
 the kubelet's volume sync would (faster); the Pod object in the API points at it
 (`status.podIP` 127.0.0.1), so the CLI's port-forward through `pods/portforward` reaches
-it for real.
+it for real. `build_world` and `running_proxy_pod` make the same world for a module with
+an operator of its own (test_cli_admission.py: with its admission webhooks).
 
 People: each test makes its own (`person`), so Tokens, reuse and logout never mix. The
 emulator answers SelfSubjectReview for a person's bearer token with their username; a
 person made with `username=None` is unknown to it (404, as before Kubernetes 1.28), so the
-CLI falls back to the kubeconfig's user name.
+CLI falls back to the kubeconfig's user name. Whatever a test does, no request a person's
+kubeconfig sent may touch a Secret: `person` checks the emulator's request log after
+every test.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from rdsgate.lab.lifecycle import stop_process
 from rdsgate.lab.postgres import free_port
 from rdsgate.lab.rdsproxy import RdsProxyStandIn
 from rdsgate.operator.cli.main import main
-from tests.fixtures.k8s import Api, ApiError, ApiServer, OperatorProcess, wait_for
+from tests.fixtures.k8s import Api, ApiCall, ApiError, ApiServer, OperatorProcess, wait_for
 from tests.fixtures.lab import DbIdentity, LabCA
 from tests.fixtures.pods import Pod, mount_namespaces_unavailable
 
@@ -149,21 +153,25 @@ class World:
 _namespaces = itertools.count(1)
 
 
-@pytest.fixture(scope="package")
-def world(
-    k8s_api: ApiServer, rdsgate_operator: OperatorProcess, rds_proxy: RdsProxyStandIn, lab_ca: LabCA
+def build_world(
+    server: ApiServer,
+    op: OperatorProcess,
+    rds_proxy: RdsProxyStandIn,
+    lab_ca: LabCA,
+    roles: list[dict[str, Any]] = ROLES,
 ) -> World:
-    """Databases `orders` (Ready, one proxy pod in the API) and `billing` (never Ready), the
-    Roles `app-rw` and `readonly`, in a namespace of the CLI tests' own."""
-    api, op = Api(k8s_api.url), rdsgate_operator
+    """Databases `orders` (Ready, one proxy pod in the API) and `billing` (never Ready) and
+    the `roles`, in a namespace of the CLI tests' own."""
+    api = Api(server.url)
     ns = f"cli-{os.getpid()}-{next(_namespaces)}"
     port = free_port()
     ca_pem = lab_ca.cert_file.read_text()
     api.create(database(ORDERS, ns, rds_proxy, ca_pem, port))
     api.create(database(BILLING, ns, rds_proxy, ca_pem, free_port()))
-    for role in ROLES:
+    for role in roles:
         api.create({**role, "metadata": {**role["metadata"], "namespace": ns}})
     for kind, name in (
+        ("ConfigMap", "rdsgate-ca"),
         ("ConfigMap", "orders-rdsgate"),
         ("Secret", "orders-rdsgate-tls"),
         ("Secret", "orders-rdsgate-access"),
@@ -175,7 +183,7 @@ def world(
     )
     create_ready_pod(api, ns, deployment, POD_NAME)
     mark_rolled_out(api, ns, "orders-rdsgate")
-    world = World(k8s_api, api, ns, port, op)
+    world = World(server, api, ns, port, op)
     wait_for(
         lambda: (c := world.ready(ORDERS)) and c["status"] == "True", "orders Ready", 30, op.tail
     )
@@ -186,6 +194,15 @@ def world(
         op.tail,
     )
     return world
+
+
+@pytest.fixture(scope="package")
+def world(
+    k8s_api: ApiServer, rdsgate_operator: OperatorProcess, rds_proxy: RdsProxyStandIn, lab_ca: LabCA
+) -> World:
+    """The world of `build_world` with the session's API emulator and operator, and the Roles
+    `app-rw` and `readonly`."""
+    return build_world(k8s_api, rdsgate_operator, rds_proxy, lab_ca)
 
 
 class Kubelet:
@@ -222,21 +239,18 @@ class ProxyPod:
         return out
 
 
-@pytest.fixture(scope="package")
-def proxy_pod(
-    world: World, proxy_identity: DbIdentity, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ProxyPod]:
+@contextlib.contextmanager
+def running_proxy_pod(world: World, identity: DbIdentity, root: Path) -> Iterator[ProxyPod]:
     """The orders proxy, running the operator-rendered Deployment's command and volumes."""
     reason = mount_namespaces_unavailable()
     if reason is not None:
         pytest.skip(reason)
     deployment = world.api.get("Deployment", world.ns, "orders-rdsgate")
     assert deployment is not None
-    root = tmp_path_factory.mktemp("pod")
     pod = Pod(world.api, deployment, root)
     log = root / "proxy.log"
     with log.open("wb") as out:
-        process = pod.start(dict(os.environ) | proxy_identity.env, stdout=out, stderr=out)
+        process = pod.start(dict(os.environ) | identity.env, stdout=out, stderr=out)
     kubelet = Kubelet(pod)
 
     def listening() -> bool:
@@ -248,10 +262,20 @@ def proxy_pod(
         except OSError:
             return False
 
-    wait_for(listening, "the proxy to listen", 30, log.read_text)
-    yield ProxyPod(process, log)
-    kubelet.stop()
-    stop_process(process, 20)
+    try:
+        wait_for(listening, "the proxy to listen", 30, log.read_text)
+        yield ProxyPod(process, log)
+    finally:
+        kubelet.stop()
+        stop_process(process, 20)
+
+
+@pytest.fixture(scope="package")
+def proxy_pod(
+    world: World, proxy_identity: DbIdentity, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProxyPod]:
+    with running_proxy_pod(world, proxy_identity, tmp_path_factory.mktemp("pod")) as pod:
+        yield pod
 
 
 # People and the CLI
@@ -324,6 +348,15 @@ class Person:
             == (self.username or self.kubeconfig_user)
         ]
 
+    @property
+    def keys(self) -> Path:
+        """Where `db connect` keeps this person's key pairs for the world's namespace."""
+        return self.cache / "rdsgate" / "kmock" / self.ns
+
+    def calls(self, server: ApiServer) -> list[ApiCall]:
+        """Every request this person's kubeconfig sent to the API."""
+        return [c for c in list(server.emulator.calls) if c.user == self.token]
+
 
 class Background:
     def __init__(self, process: subprocess.Popen[str], stderr: Path) -> None:
@@ -395,14 +428,20 @@ _people = itertools.count(1)
 MakePerson = Callable[..., Person]
 
 
+def secret_calls(calls: list[ApiCall]) -> list[ApiCall]:
+    return [c for c in calls if c.resource == "secrets"]
+
+
 @pytest.fixture
 def person(
     world: World,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
-) -> MakePerson:
-    """Makes people: `person("alice@example.com")`; `person(None)` is unknown to the API."""
+) -> Iterator[MakePerson]:
+    """Makes people: `person("alice@example.com")`; `person(None)` is unknown to the API.
+    After the test: none of them sent a request about a Secret."""
+    people: list[Person] = []
 
     def in_process(who: Person, args: tuple[str, ...]) -> Result:
         with monkeypatch.context() as m:
@@ -429,9 +468,13 @@ def person(
             home / "kubeconfig", world.server.url, kubeconfig_user, token, world.ns
         )
         cache = home / "cache"
-        return Person(username, kubeconfig_user, token, kubeconfig, cache, world.ns, in_process)
+        who = Person(username, kubeconfig_user, token, kubeconfig, cache, world.ns, in_process)
+        people.append(who)
+        return who
 
-    return make
+    yield make
+    for who in people:
+        assert secret_calls(who.calls(world.server)) == [], f"{who.username} touched Secrets"
 
 
 def psql(env: dict[str, str], sql: str) -> subprocess.CompletedProcess[str]:

@@ -1,4 +1,4 @@
-"""`rdsgate db logout`: the caller's CLI Tokens and files go, nobody else's.
+"""`rdsgate db logout`: the caller's CLI Tokens and key pairs go, nobody else's.
 
 Also who "the caller" is when the API has no SelfSubjectReview: the kubeconfig's user.
 """
@@ -18,7 +18,7 @@ def connect(who: Person, world: World, user: str, *extra: str) -> None:
     assert result.code == 0, result.err
 
 
-def test_logout_deletes_the_callers_tokens_and_files(
+def test_logout_deletes_the_callers_tokens_and_key_pair(
     world: World, proxy_pod: ProxyPod, person: MakePerson
 ) -> None:
     jack = person(None, kubeconfig_user="jack-kubeconfig")  # the API cannot say who he is
@@ -34,13 +34,16 @@ def test_logout_deletes_the_callers_tokens_and_files(
         assert token["metadata"]["annotations"]["rdsgate.dev/owner-source"] == "kubeconfig"
     names = sorted(t["metadata"]["name"] for t in mine)
     assert all(n.startswith("orders-jack-kubeconfig-") for n in names)
-    files = jack.cache / "rdsgate" / "kmock" / world.ns
-    assert sorted(p.name for p in files.iterdir()) == names
+    assert [p.name for p in jack.keys.iterdir()] == [ORDERS]
+    assert sorted(p.name for p in (jack.keys / ORDERS).iterdir()) == sorted(
+        ["ca.crt", "tls.key", *(f"{n}.crt" for n in names)]
+    )
 
     other = jack.main("db", "logout", BILLING)
     assert other.code == 0
     assert "Nothing to remove" in other.out
     assert len(jack.tokens(world.api)) == 2
+    assert (jack.keys / ORDERS / "tls.key").exists()
 
     result = jack.main("db", "logout", ORDERS)
     assert result.code == 0, result.err
@@ -49,12 +52,45 @@ def test_logout_deletes_the_callers_tokens_and_files(
         f"user {t['spec']['databaseUser']}, database orders)"
         for t in sorted(mine, key=lambda t: str(t["metadata"]["name"]))
     ]
-    assert result.out.splitlines() == deleted + [f"Removed {files / n}" for n in names]
+    assert result.out.splitlines() == [
+        *deleted,
+        f"Removed {jack.keys / ORDERS} (your key pair)",
+    ]
     # Tokens with a ttl carry the operator's finalizer: gone once it has let go.
     wait_for(lambda: not jack.tokens(world.api), "jack's Tokens to be deleted", 20)
-    assert list(files.iterdir()) == []
-    assert len(kim.tokens(world.api)) == 1  # somebody else's
+    assert list(jack.keys.iterdir()) == []
+    # Somebody else's: their Token and their key pair stay.
+    assert len(kim.tokens(world.api)) == 1
+    assert (kim.keys / ORDERS / "tls.key").exists()
 
     again = jack.main("db", "logout")
     assert again.code == 0
     assert "Nothing to remove: no Tokens of yours (jack-kubeconfig)" in again.out
+
+    # A new connect after logout makes a new key pair and a new Token for it.
+    connect(jack, world, "app")
+    (token,) = jack.tokens(world.api)
+    assert token["metadata"]["name"] not in names
+    assert (jack.keys / ORDERS / "tls.key").exists()
+
+
+def test_logout_without_a_name_removes_every_key_pair_of_the_namespace(
+    world: World, proxy_pod: ProxyPod, person: MakePerson
+) -> None:
+    lena = person("lena")
+    connect(lena, world, "reporting")
+    (token,) = lena.tokens(world.api)
+    stray = lena.keys / BILLING  # a key pair left from a connect that never got a Token
+    stray.mkdir(mode=0o700)
+    (stray / "tls.key").write_text("x")
+
+    result = lena.main("db", "logout")
+    assert result.code == 0, result.err
+    assert result.out.splitlines() == [
+        f"Deleted Token {world.ns}/{token['metadata']['name']} (Database orders, user "
+        "reporting, database orders)",
+        f"Removed {lena.keys / BILLING} (your key pair)",
+        f"Removed {lena.keys / ORDERS} (your key pair)",
+    ]
+    assert list(lena.keys.iterdir()) == []
+    wait_for(lambda: not lena.tokens(world.api), "lena's Token to be deleted", 20)

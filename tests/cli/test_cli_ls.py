@@ -76,10 +76,28 @@ def test_ls_json_and_yaml_follow_the_callers_tokens(
             "databaseName": "orders",
             "roles": ["readonly"],
             "expiresAt": token["status"]["expiresAt"],
+            # The API server's word where admission stamped it (test_cli_admission.py).
+            "requestedBy": token["metadata"]["annotations"].get("rdsgate.dev/requested-by"),
         }
     ]
     assert dbs[BILLING]["ready"]["reason"] == "ProxiesNotReady"
     assert dbs[BILLING]["tokens"] == []
+
+    # The table lists the caller's Tokens under the Databases, with who asked for each.
+    table = erin.main("db", "ls")
+    assert table.code == 0, table.err
+    lines = [line.rstrip() for line in table.out.splitlines()]
+    at = lines.index("")
+    assert lines[at + 1].split() == [
+        "TOKEN", "DATABASE", "USER", "DB-NAME", "ROLES", "EXPIRES", "REQUESTED-BY",
+    ]  # fmt: skip
+    expires = token["status"]["expiresAt"].replace("T", " ").replace("Z", " UTC")
+    requested = token["metadata"]["annotations"].get("rdsgate.dev/requested-by")
+    assert lines[at + 2].split() == [
+        token["metadata"]["name"], ORDERS, "reporting", "orders", "readonly",
+        *expires.split(), *(requested or "not recorded").split(),
+    ]  # fmt: skip
+    assert lines[at + 3] == "Access for erin from your Tokens: readonly."
 
     # --role adds a Role's access to the Tokens' (here: the deny of app-rw shows).
     as_yaml = yaml.safe_load(erin.main("db", "ls", "-o", "yaml", "--role", "app-rw").out)

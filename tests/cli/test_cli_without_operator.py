@@ -1,19 +1,23 @@
-"""Where things go wrong behind the CLI: a Token the operator does not grant in time, and
-port-forwards to pods that are not there or not listening.
+"""Where things go wrong behind the CLI: a Token the operator does not grant in time or
+will never grant, a namespace without the proxies' CA, and port-forwards to pods that are
+not there or not listening.
 
-An API emulator of this module's own, with no operator: the test writes the status a
-controller would (a Ready Database, a Token's conditions, a Pod's readiness).
+An API emulator of this module's own, with no operator: the test writes what a controller
+would (a Ready Database, the CA ConfigMap, a Token's conditions, a Pod's readiness).
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import stat
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from rdsgate.lab.postgres import free_port
 from rdsgate.operator.cli.errors import CliError
@@ -21,6 +25,7 @@ from rdsgate.operator.cli.kubeconfig import connect
 from rdsgate.operator.cli.portforward import PortForwarder
 from tests.cli.conftest import RDSGATE, ROLES, write_kubeconfig
 from tests.fixtures.k8s import Api, ApiServer, wait_for
+from tests.fixtures.lab import LabCA
 
 NS = "offline"
 
@@ -58,11 +63,46 @@ def ready_database(api: Api, name: str) -> None:
     api.patch("Database", NS, name, {"status": {"conditions": [ready]}}, sub="status")
 
 
+def ca_config_map(api: Api, lab_ca: LabCA) -> None:
+    """The namespace's `rdsgate-ca`, as the operator writes it."""
+    if api.get("ConfigMap", NS, "rdsgate-ca") is None:
+        api.create(
+            {
+                "kind": "ConfigMap",
+                "metadata": {"name": "rdsgate-ca", "namespace": NS},
+                "data": {"ca.crt": lab_ca.cert_file.read_text()},
+            }
+        )
+
+
+def start_connect(kubeconfig: Path, cache: Path, *args: str) -> subprocess.Popen[str]:
+    env = {"KUBECONFIG": str(kubeconfig), "XDG_CACHE_HOME": str(cache), "COLUMNS": "1000"}
+    return subprocess.Popen(
+        [str(RDSGATE), "db", "connect", "orders", "--db-user", "app", "--db-name", "orders",
+         "--print-env", *args],
+        env=os.environ | env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+
+def created_token(api: Api, known: set[str]) -> dict[str, Any]:
+    """The Token the CLI creates (one not in `known`)."""
+    found: list[dict[str, Any]] = wait_for(
+        lambda: [t for t in api.objects("Token", NS) if t["metadata"]["name"] not in known],
+        "the CLI to create its Token",
+        20,
+    )
+    return found[0]
+
+
 def test_a_token_not_granted_in_time_is_named_with_its_conditions(
-    k8s: ApiServer, kubeconfig: Path, tmp_path: Path
+    k8s: ApiServer, kubeconfig: Path, tmp_path: Path, lab_ca: LabCA
 ) -> None:
     api = Api(k8s.url)
     ready_database(api, "orders")
+    ca_config_map(api, lab_ca)
     api.create({**ROLES[0], "metadata": {"name": "app-rw", "namespace": NS}})
     # An expired Token of an earlier `db connect` of olga's, and one of somebody else's.
     for owner, name in (("olga", "orders-olga-old01"), ("pete", "orders-pete-old02")):
@@ -83,21 +123,9 @@ def test_a_token_not_granted_in_time_is_named_with_its_conditions(
             }
         )
         api.patch("Token", NS, name, {"status": {"expiresAt": "2026-01-01T00:00:00Z"}}, "status")
-    env = {"KUBECONFIG": str(kubeconfig), "XDG_CACHE_HOME": str(tmp_path), "COLUMNS": "1000"}
-    process = subprocess.Popen(
-        [str(RDSGATE), "db", "connect", "orders", "--db-user", "app", "--db-name", "orders",
-         "--print-env", "--timeout", "3s"],
-        env=os.environ | env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    process = start_connect(kubeconfig, tmp_path, "--timeout", "3s")
     try:
-        token = wait_for(
-            lambda: [t for t in api.objects("Token", NS) if "old0" not in t["metadata"]["name"]],
-            "the CLI to create its Token",
-            20,
-        )[0]
+        token = created_token(api, {"orders-olga-old01", "orders-pete-old02"})
         name = token["metadata"]["name"]
         conditions: list[dict[str, Any]] = [
             {
@@ -129,6 +157,100 @@ def test_a_token_not_granted_in_time_is_named_with_its_conditions(
     assert f"Deleted your expired Token {NS}/orders-olga-old01" in err
     assert api.get("Token", NS, "orders-olga-old01") is None
     assert api.get("Token", NS, "orders-pete-old02") is not None
+    # What the operator would sign: the public half of the key olga keeps.
+    key = tmp_path / "rdsgate" / "kmock" / NS / "orders" / "tls.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    assert (
+        token["spec"]["publicKey"]
+        == private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    assert "secretName" not in token["spec"]
+    api.delete("Token", NS, name)
+
+
+@pytest.mark.parametrize(
+    ("reason", "message", "code"),
+    [
+        (
+            "BindRevoked",
+            'olga may no longer bind Role "app-rw" in namespace "offline"; the grant was withdrawn',
+            5,
+        ),
+        (
+            "RequesterUnverified",
+            "the Token has no rdsgate.dev/requested-by annotation (it was created before the "
+            "admission webhooks) and the operator runs with --require-verified-requester",
+            1,
+        ),
+    ],
+)
+def test_a_token_that_waiting_cannot_fix_fails_at_once(
+    k8s: ApiServer,
+    kubeconfig: Path,
+    tmp_path: Path,
+    lab_ca: LabCA,
+    reason: str,
+    message: str,
+    code: int,
+) -> None:
+    api = Api(k8s.url)
+    if api.get("Database", NS, "orders") is None:
+        ready_database(api, "orders")
+        api.create({**ROLES[0], "metadata": {"name": "app-rw", "namespace": NS}})
+    ca_config_map(api, lab_ca)
+    known = {t["metadata"]["name"] for t in api.objects("Token", NS)}
+    started = time.monotonic()
+    process = start_connect(kubeconfig, tmp_path, "--timeout", "60s")
+    try:
+        name = created_token(api, known)["metadata"]["name"]
+        ready = {
+            "type": "Ready",
+            "status": "False",
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        }
+        api.patch("Token", NS, name, {"status": {"conditions": [ready]}}, sub="status")
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == code, err
+    assert time.monotonic() - started < 30  # not the 60 s --timeout
+    assert out == ""
+    assert f"Token {NS}/{name} cannot be used: Ready=False ({reason}): {message}" in " ".join(
+        err.split()
+    )
+    api.delete("Token", NS, name)
+
+
+def test_a_namespace_without_the_ca_config_map_is_named(
+    k8s: ApiServer, kubeconfig: Path, tmp_path: Path
+) -> None:
+    api = Api(k8s.url)
+    ns = "no-ca"
+    api.create(
+        {
+            "apiVersion": "rdsgate.dev/v1alpha1",
+            "kind": "Database",
+            "metadata": {"name": "orders", "namespace": ns, "labels": {"env": "test"}},
+            "spec": {"endpoint": "orders.proxy-x.eu-west-1.rds.amazonaws.com:5432"},
+        }
+    )
+    ready = {"type": "Ready", "status": "True", "reason": "ProxiesReady", "message": "serving"}
+    api.patch("Database", ns, "orders", {"status": {"conditions": [ready]}}, sub="status")
+    api.create({**ROLES[0], "metadata": {"name": "app-rw", "namespace": ns}})
+    process = start_connect(kubeconfig, tmp_path, "-n", ns)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 3, err
+    assert (
+        f"error: no ConfigMap rdsgate-ca in namespace {ns}: is the rdsgate operator running, "
+        "and does the namespace have a Database?"
+    ) in " ".join(err.split())
+    assert api.objects("Token", ns) == []
+    assert not (tmp_path / "rdsgate").exists()  # no key made either
 
 
 def service_and_pod(api: Api, name: str, port: int, *, ready: bool) -> None:

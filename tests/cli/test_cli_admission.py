@@ -1,0 +1,341 @@
+"""`rdsgate db` where the API server gates Tokens: the operator's admission webhooks, RBAC
+`bind` on Roles, and the requester stamped on every Token (docs/access-control.md).
+
+A world of this module's own: an API emulator that calls admission webhooks and answers
+SubjectAccessReviews from the RBAC objects it stores, a real `rdsgate-operator` serving
+its webhooks over HTTPS (`--admission-url`) and re-checking `bind` every second, and the
+orders proxy pod. People get exactly the RBAC that docs/cli.md says a person needs (its
+YAML is read from the page), plus `bind` on some Roles; everything their kubeconfig sends
+is then held against that RBAC, as the API server's authorizer would.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from rdsgate.lab.postgres import free_port
+from rdsgate.lab.rdsproxy import RdsProxyStandIn
+from tests.cli.conftest import (
+    ORDERS,
+    ROLES,
+    MakePerson,
+    Person,
+    ProxyPod,
+    World,
+    build_world,
+    psql,
+    running_proxy_pod,
+)
+from tests.fixtures import rbac
+from tests.fixtures.k8s import (
+    RBAC_V1,
+    Api,
+    ApiServer,
+    OperatorProcess,
+    start_operator,
+    wait_for,
+)
+from tests.fixtures.lab import DbIdentity, LabCA
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
+#: A Role that, like readonly, allows `reporting`: a person who may bind only readonly gets
+#: a Token naming only readonly by default, not one the webhook would refuse.
+ALSO_REPORTING: dict[str, Any] = {
+    "apiVersion": "rdsgate.dev/v1alpha1",
+    "kind": "Role",
+    "metadata": {"name": "reporting-too"},
+    "spec": {"allow": {"databases": {}, "databaseNames": ["*"], "databaseUsers": ["reporting"]}},
+}
+#: What every authenticated user may do in any cluster (the ClusterRole system:basic-user).
+BASIC_USER = {"selfsubjectreviews", "selfsubjectaccessreviews"}
+
+
+@pytest.fixture(scope="module")
+def gated_operator(
+    private_k8s_api: ApiServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """An operator of this module's own, with its admission webhooks registered."""
+    port = free_port()
+    op = start_operator(
+        private_k8s_api,
+        tmp_path_factory.mktemp("gated-operator"),
+        "--admission-url", f"https://127.0.0.1:{port}",
+        "--admission-listen", f"127.0.0.1:{port}",
+        "--access-recheck-interval", "1",
+    )  # fmt: skip
+    try:
+        api = Api(private_k8s_api.url)
+        for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+            wait_for(
+                partial(api.get, kind, None, "rdsgate-tokens"),
+                f"the operator to register its {kind}",
+                30,
+                op.tail,
+            )
+        yield op
+    finally:
+        op.stop()
+
+
+@pytest.fixture(scope="module")
+def world(
+    private_k8s_api: ApiServer,
+    gated_operator: OperatorProcess,
+    rds_proxy: RdsProxyStandIn,
+    lab_ca: LabCA,
+) -> World:
+    return build_world(
+        private_k8s_api, gated_operator, rds_proxy, lab_ca, roles=[*ROLES, ALSO_REPORTING]
+    )
+
+
+@pytest.fixture(scope="module")
+def proxy_pod(
+    world: World, proxy_identity: DbIdentity, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProxyPod]:
+    with running_proxy_pod(world, proxy_identity, tmp_path_factory.mktemp("pod")) as pod:
+        yield pod
+
+
+def documented_rbac() -> list[dict[str, Any]]:
+    """The YAML of docs/cli.md's "What a person needs in RBAC"."""
+    text = DOCS.read_text()
+    section = text[text.index("## What a person needs in RBAC") :]
+    section = section[: section.index("\n## ", 1)]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
+    assert blocks, "no YAML in docs/cli.md's RBAC section"
+    return [d for block in blocks for d in yaml.safe_load_all(block) if d]
+
+
+def grant(world: World, who: Person, *bindable: str) -> str:
+    """The documented RBAC for `who` in the world's namespace, with `bind` on `bindable`
+    instead of the page's example Roles; the name of the bind Role's RoleBinding."""
+    assert who.username is not None and bindable
+    user = who.username
+    subject = [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]
+    bind_binding = ""
+    for doc in documented_rbac():
+        if doc["kind"] != "Role":
+            continue
+        name = f"{doc['metadata']['name']}-{user}"
+        rules = doc["rules"]
+        if any("bind" in r["verbs"] for r in rules):
+            assert all(r["verbs"] == ["bind"] for r in rules), "bind in a Role of its own"
+            rules = [{**r, "resourceNames": list(bindable)} for r in rules]
+            bind_binding = name
+        world.api.create(
+            {
+                "apiVersion": RBAC_V1,
+                "kind": "Role",
+                "metadata": {"name": name, "namespace": world.ns},
+                "rules": rules,
+            }
+        )
+        world.api.create(
+            {
+                "apiVersion": RBAC_V1,
+                "kind": "RoleBinding",
+                "metadata": {"name": name, "namespace": world.ns},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                "subjects": subject,
+            }
+        )
+    assert bind_binding, "docs/cli.md shows no Role granting bind"
+    return bind_binding
+
+
+def assert_within_documented_rbac(world: World, who: Person) -> None:
+    """Every request of `who` was one their RBAC allows (none about Secrets, then)."""
+    assert who.username is not None
+    objects = [
+        {**o, "apiVersion": RBAC_V1, "kind": kind}
+        for kind in ("Role", "RoleBinding")
+        for o in world.api.objects(kind, world.ns, api_version=RBAC_V1)
+    ]
+    calls = who.calls(world.server)
+    assert calls
+    refused = [
+        c
+        for c in calls
+        if c.resource not in BASIC_USER
+        and not rbac.authorize(objects, who.username, ["system:authenticated"], c)[0]
+    ]
+    assert refused == []
+
+
+def direct(world: World, *args: str) -> list[str]:
+    return [*args, "--address", f"127.0.0.1:{world.port}", "--print-env"]
+
+
+def exports(stdout: str) -> dict[str, str]:
+    return dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in stdout.splitlines()
+        if line.startswith("export ")
+    )
+
+
+def test_connect_with_the_documented_rbac_and_the_requester_recorded(
+    world: World, proxy_pod: ProxyPod, person: MakePerson
+) -> None:
+    alice = person("alice")
+    grant(world, alice, "app-rw", "readonly")
+    out = alice.run(
+        "db", "connect", ORDERS, *direct(world, "--db-user", "app", "--db-name", "orders")
+    )
+    assert out.returncode == 0, out.stderr
+    result = psql(exports(out.stdout), "select current_user")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "app"
+
+    (token,) = alice.tokens(world.api)
+    name = token["metadata"]["name"]
+    assert token["metadata"]["annotations"]["rdsgate.dev/requested-by"] == "alice"
+    assert json.loads(token["metadata"]["annotations"]["rdsgate.dev/requested-by-groups"]) == [
+        "system:authenticated"
+    ]
+    assert token["status"]["requestedBy"] == "alice"
+    started = [
+        e
+        for e in proxy_pod.audit()
+        if e["event"] == "session.start" and e.get("identity") == f"{world.ns}/{name}"
+    ]
+    assert started and started[-1]["requested_by"] == "alice", proxy_pod.audit()[-5:]
+
+    listed = alice.main("db", "ls", "-o", "json")
+    assert listed.code == 0, listed.err
+    (orders,) = [d for d in json.loads(listed.out)["databases"] if d["name"] == ORDERS]
+    assert [(t["name"], t["requestedBy"]) for t in orders["tokens"]] == [(name, "alice")]
+    table = alice.main("db", "ls")
+    (row,) = [line for line in table.out.splitlines() if line.startswith(name)]
+    assert row.split()[-1] == "alice"
+
+    assert_within_documented_rbac(world, alice)
+
+
+def test_default_roles_are_the_ones_you_may_bind(
+    world: World, proxy_pod: ProxyPod, person: MakePerson
+) -> None:
+    """readonly and reporting-too both allow reporting; bruno may bind only readonly."""
+    bruno = person("bruno")
+    grant(world, bruno, "readonly")
+    out = bruno.run(
+        "db", "connect", ORDERS, *direct(world, "--db-user", "reporting", "--db-name", "orders")
+    )
+    assert out.returncode == 0, out.stderr
+    (token,) = bruno.tokens(world.api)
+    assert token["spec"]["roles"] == ["readonly"]
+    assert_within_documented_rbac(world, bruno)
+
+
+def test_a_role_you_may_not_bind_is_refused_by_the_api_server(
+    world: World, proxy_pod: ProxyPod, person: MakePerson
+) -> None:
+    chen = person("chen")
+    grant(world, chen, "readonly")
+    named = chen.main(
+        "db", "connect", ORDERS, "--role", "app-rw",
+        *direct(world, "--db-user", "app", "--db-name", "orders"),
+    )  # fmt: skip
+    assert named.code == 5, named.err
+    refusal = (
+        'admission webhook "tokens.rdsgate.dev" denied the request: chen may not bind Role '
+        f'"app-rw" in namespace "{world.ns}" (needs verb bind on roles.rdsgate.dev "app-rw")'
+    )
+    assert f"error: cannot create Token {world.ns}/orders-chen-" in named.err
+    assert refusal in " ".join(named.err.split())
+    assert named.out == ""
+
+    # By default too: app-rw is the only Role that allows app, so it is asked for anyway.
+    default = chen.main(
+        "db", "connect", ORDERS, *direct(world, "--db-user", "app", "--db-name", "orders")
+    )
+    assert default.code == 5, default.err
+    assert refusal in " ".join(default.err.split())
+    assert chen.tokens(world.api) == []
+    assert_within_documented_rbac(world, chen)
+
+
+def test_a_token_is_yours_when_the_api_server_says_you_asked_for_it(
+    world: World, proxy_pod: ProxyPod, person: MakePerson
+) -> None:
+    """A Token labelled and annotated as dana's, but created by someone else, is not hers:
+    `db ls` does not show it and `db logout` leaves it."""
+    dana = person("dana")
+    grant(world, dana, "readonly")
+    connected = dana.run(
+        "db", "connect", ORDERS, *direct(world, "--db-user", "reporting", "--db-name", "orders")
+    )
+    assert connected.returncode == 0, connected.stderr
+    (own,) = dana.tokens(world.api)
+    forged = Api(world.server.url).create(  # the cluster admin, as far as admission knows
+        {
+            "kind": "Token",
+            "metadata": {
+                "name": "orders-dana-forged",
+                "namespace": world.ns,
+                "labels": own["metadata"]["labels"],
+                "annotations": {
+                    "rdsgate.dev/owner-name": "dana",
+                    "rdsgate.dev/owner-source": "SelfSubjectReview",
+                    "rdsgate.dev/requested-by": "dana",  # overwritten by admission
+                },
+            },
+            "spec": {"roles": ["readonly"], "ttl": "1h", "database": ORDERS},
+        }
+    )
+    assert forged["metadata"]["annotations"]["rdsgate.dev/requested-by"] == "kubernetes-admin"
+
+    listed = json.loads(dana.main("db", "ls", "-o", "json").out)
+    (orders,) = [d for d in listed["databases"] if d["name"] == ORDERS]
+    assert [t["name"] for t in orders["tokens"]] == [own["metadata"]["name"]]
+
+    out = dana.main("db", "logout", ORDERS)
+    assert out.code == 0, out.err
+    assert f"Deleted Token {world.ns}/{own['metadata']['name']}" in out.out
+    assert "forged" not in out.out
+    wait_for(
+        lambda: world.api.get("Token", world.ns, own["metadata"]["name"]) is None,
+        "dana's Token to go",
+        20,
+    )
+    assert world.api.get("Token", world.ns, "orders-dana-forged") is not None
+    world.api.delete("Token", world.ns, "orders-dana-forged")
+
+
+def test_a_withdrawn_bind_ends_the_grant_and_a_new_token_is_refused(
+    world: World, proxy_pod: ProxyPod, person: MakePerson
+) -> None:
+    emil = person("emil")
+    binding = grant(world, emil, "readonly")
+    args = direct(world, "--db-user", "reporting", "--db-name", "orders")
+    first = emil.run("db", "connect", ORDERS, *args)
+    assert first.returncode == 0, first.stderr
+    (token,) = emil.tokens(world.api)
+    name = token["metadata"]["name"]
+
+    world.api.delete("RoleBinding", world.ns, binding, api_version=RBAC_V1)
+    revoked = wait_for(
+        lambda: (
+            (c := Api.condition(world.api.get("Token", world.ns, name), "Ready"))
+            and c["reason"] == "BindRevoked"
+            and c
+        ),
+        "the operator to withdraw emil's grant",
+        30,
+        world.operator.tail,
+    )
+    assert "emil may no longer bind Role" in revoked["message"]
+
+    again = emil.main("db", "connect", ORDERS, *args)
+    assert again.code == 5, again.err
+    assert "Reusing" not in again.err
+    assert "emil may not bind Role" in " ".join(again.err.split())
