@@ -48,33 +48,12 @@ from rdsgate.lab.postgres import free_port
 from rdsgate.lab.rdsproxy import RdsProxyStandIn
 from rdsgate.operator.cli.main import main
 from tests.fixtures.k8s import Api, ApiCall, ApiError, ApiServer, OperatorProcess, wait_for
-from tests.fixtures.lab import DbIdentity, LabCA
+from tests.fixtures.lab import DbIdentity, LabCA, database_manifest
 from tests.fixtures.pods import Pod, mount_namespaces_unavailable
 
 RDSGATE = Path(sys.executable).with_name("rdsgate")
 ORDERS, BILLING = "orders", "billing"
 POD_NAME = "orders-rdsgate-7d4b9-x2x7p"
-
-
-def database(
-    name: str, ns: str, rds_proxy: RdsProxyStandIn, ca_pem: str, port: int
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "rdsgate.dev/v1alpha1",
-        "kind": "Database",
-        "metadata": {"name": name, "namespace": ns, "labels": {"env": "test"}},
-        "spec": {
-            "engine": "postgres",
-            "endpoint": rds_proxy.endpoint,
-            "aws": {
-                "region": rds_proxy.region,
-                "accountId": rds_proxy.account_id,
-                "proxyResourceId": rds_proxy.resource_id,
-            },
-            "tls": {"mode": "verify-full", "caBundle": ca_pem},
-            "proxy": {"replicas": 1, "port": port, "metricsPort": free_port()},
-        },
-    }
 
 
 ROLES: list[dict[str, Any]] = [
@@ -166,8 +145,8 @@ def build_world(
     ns = f"cli-{os.getpid()}-{next(_namespaces)}"
     port = free_port()
     ca_pem = lab_ca.cert_file.read_text()
-    api.create(database(ORDERS, ns, rds_proxy, ca_pem, port))
-    api.create(database(BILLING, ns, rds_proxy, ca_pem, free_port()))
+    api.create(database_manifest(ORDERS, ns, rds_proxy, ca_pem, port))
+    api.create(database_manifest(BILLING, ns, rds_proxy, ca_pem, free_port()))
     for role in roles:
         api.create({**role, "metadata": {**role["metadata"], "namespace": ns}})
     for kind, name in (

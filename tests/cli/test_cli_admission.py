@@ -14,14 +14,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from rdsgate.lab.postgres import free_port
 from rdsgate.lab.rdsproxy import RdsProxyStandIn
 from tests.cli.conftest import (
     ORDERS,
@@ -40,7 +38,7 @@ from tests.fixtures.k8s import (
     Api,
     ApiServer,
     OperatorProcess,
-    start_operator,
+    start_gated_operator,
     wait_for,
 )
 from tests.fixtures.lab import DbIdentity, LabCA
@@ -63,26 +61,9 @@ def gated_operator(
     private_k8s_api: ApiServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     """An operator of this module's own, with its admission webhooks registered."""
-    port = free_port()
-    op = start_operator(
-        private_k8s_api,
-        tmp_path_factory.mktemp("gated-operator"),
-        "--admission-url", f"https://127.0.0.1:{port}",
-        "--admission-listen", f"127.0.0.1:{port}",
-        "--access-recheck-interval", "1",
-    )  # fmt: skip
-    try:
-        api = Api(private_k8s_api.url)
-        for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
-            wait_for(
-                partial(api.get, kind, None, "rdsgate-tokens"),
-                f"the operator to register its {kind}",
-                30,
-                op.tail,
-            )
-        yield op
-    finally:
-        op.stop()
+    op = start_gated_operator(private_k8s_api, tmp_path_factory.mktemp("gated-operator"))
+    yield op
+    op.stop()
 
 
 @pytest.fixture(scope="module")

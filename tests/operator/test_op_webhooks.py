@@ -16,7 +16,6 @@ import json
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any
 
 import pytest
@@ -25,7 +24,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from rdsgate.lab.postgres import free_port
 from rdsgate.operator import access, pki
 from rdsgate.proxy.access import parse_access
 from tests.fixtures.k8s import (
@@ -35,7 +33,7 @@ from tests.fixtures.k8s import (
     ApiError,
     ApiServer,
     OperatorProcess,
-    start_operator,
+    start_gated_operator,
     wait_for,
 )
 
@@ -55,20 +53,7 @@ def k8s(private_k8s_api: ApiServer) -> ApiServer:
 
 @pytest.fixture(scope="module")
 def operator(k8s: ApiServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    port = free_port()
-    op = start_operator(
-        k8s,
-        tmp_path_factory.mktemp("operator"),
-        "--admission-listen",
-        f"127.0.0.1:{port}",
-        "--admission-url",
-        f"https://127.0.0.1:{port}",
-        "--access-recheck-interval",
-        "1",
-    )
-    api = Api(k8s.url)
-    for kind in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"):
-        wait_for(partial(api.get, kind, None, CONFIGURATION), kind, 30, op.tail)
+    op = start_gated_operator(k8s, tmp_path_factory.mktemp("operator"))
     yield op
     op.stop()
 

@@ -25,7 +25,7 @@ from rdsgate.lab.lifecycle import stop_process
 from rdsgate.lab.postgres import free_port
 from rdsgate.lab.rdsproxy import RdsProxyStandIn
 from tests.fixtures.k8s import Api, ApiServer, OperatorProcess, start_operator, wait_for
-from tests.fixtures.lab import DbIdentity, LabCA
+from tests.fixtures.lab import DbIdentity, LabCA, database_manifest
 from tests.fixtures.pods import Pod, mount_namespaces_unavailable
 
 pytestmark = pytest.mark.skipif(
@@ -75,24 +75,7 @@ def world(
     """A Database in front of the stand-in, a Role and a Token for psql, as a user applies them."""
     api = Api(k8s.url)
     port = free_port()
-    api.create(
-        {
-            "apiVersion": "rdsgate.dev/v1alpha1",
-            "kind": "Database",
-            "metadata": {"name": "orders", "namespace": NS, "labels": {"env": "test"}},
-            "spec": {
-                "engine": "postgres",
-                "endpoint": rds_proxy.endpoint,
-                "aws": {
-                    "region": rds_proxy.region,
-                    "accountId": rds_proxy.account_id,
-                    "proxyResourceId": rds_proxy.resource_id,
-                },
-                "tls": {"mode": "verify-full", "caBundle": lab_ca.cert_file.read_text()},
-                "proxy": {"replicas": 1, "port": port, "metricsPort": free_port()},
-            },
-        }
-    )
+    api.create(database_manifest("orders", NS, rds_proxy, lab_ca.cert_file.read_text(), port))
     api.create(
         {
             "apiVersion": "rdsgate.dev/v1alpha1",

@@ -14,7 +14,6 @@ import base64
 import json
 import os
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +29,10 @@ from tests.fixtures.k8s import (
     ApiError,
     ApiServer,
     OperatorProcess,
-    start_operator,
+    start_gated_operator,
     wait_for,
 )
-from tests.fixtures.lab import DbIdentity, LabCA
+from tests.fixtures.lab import DbIdentity, LabCA, database_manifest
 from tests.fixtures.pods import mount_namespaces_unavailable
 from tests.whole.test_whole_loop import RunningPod, run_pod
 
@@ -102,20 +101,7 @@ def role_binding(role: str, users: list[dict[str, Any]]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def operator(k8s: ApiServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    port = free_port()
-    op = start_operator(
-        k8s,
-        tmp_path_factory.mktemp("operator"),
-        "--admission-listen",
-        f"127.0.0.1:{port}",
-        "--admission-url",
-        f"https://127.0.0.1:{port}",
-        "--access-recheck-interval",
-        "1",
-    )
-    api = Api(k8s.url)
-    for kind in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"):
-        wait_for(partial(api.get, kind, None, "rdsgate-tokens"), f"the {kind}", 30, op.tail)
+    op = start_gated_operator(k8s, tmp_path_factory.mktemp("operator"))
     yield op
     op.stop()
 
@@ -141,24 +127,7 @@ def world(
     api = Api(k8s.url)
     rbac(api)
     port = free_port()
-    api.create(
-        {
-            "apiVersion": "rdsgate.dev/v1alpha1",
-            "kind": "Database",
-            "metadata": {"name": "orders", "namespace": NS, "labels": {"env": "test"}},
-            "spec": {
-                "engine": "postgres",
-                "endpoint": rds_proxy.endpoint,
-                "aws": {
-                    "region": rds_proxy.region,
-                    "accountId": rds_proxy.account_id,
-                    "proxyResourceId": rds_proxy.resource_id,
-                },
-                "tls": {"mode": "verify-full", "caBundle": lab_ca.cert_file.read_text()},
-                "proxy": {"replicas": 1, "port": port, "metricsPort": free_port()},
-            },
-        }
-    )
+    api.create(database_manifest("orders", NS, rds_proxy, lab_ca.cert_file.read_text(), port))
     api.create(
         {
             "apiVersion": "rdsgate.dev/v1alpha1",
