@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from typing import Any
 
 import pytest
@@ -168,3 +170,28 @@ def test_list_filters_by_label_selector(api: Api, namespace: str) -> None:
 )
 def test_label_selectors(selector: str, labels: dict[str, str], expected: bool) -> None:
     assert label_selector_matches(selector, labels) is expected
+
+
+def test_a_selected_watch_sees_objects_enter_and_leave_its_selection(
+    api: Api, namespace: str
+) -> None:
+    """As the API server's watch cache: a label edit that makes an object match is ADDED,
+    one that makes it stop matching DELETED (with its last matching state)."""
+    rv = api.create(secret(namespace, "s", labels={"team": "a"}))["metadata"]["resourceVersion"]
+    api.patch("Secret", namespace, "s", {"metadata": {"labels": {"team": "b"}}})
+    api.patch("Secret", namespace, "s", {"metadata": {"labels": {"team": "a", "x": "1"}}})
+    path = (
+        Api.path("Secret", namespace) + f"?watch=true&labelSelector=team%3Da&resourceVersion={rv}"
+    )
+    request = urllib.request.Request(api.url + path)  # noqa: S310 - loopback http
+    events = []
+    with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310
+        for line in resp:
+            if line.strip():
+                events.append(json.loads(line))
+            if len(events) == 2:
+                break
+    assert [(e["type"], e["object"]["metadata"]["labels"]) for e in events] == [
+        ("DELETED", {"team": "a"}),
+        ("ADDED", {"team": "a", "x": "1"}),
+    ]
