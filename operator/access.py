@@ -257,14 +257,18 @@ def subject_text(token: Mapping[str, Any]) -> str:
 class RequesterCheck:
     """What the API server said of a Token's requester (handlers.py asks it).
 
-    `requester` None: the Token has no requester annotation (created before the admission
-    webhooks); `lost`: Roles the requester may no longer bind; `unknown`: why no answer
-    could be had for a Role never checked before.
+    `requester` None: the Token has no verified requester: none at all (created before the
+    admission webhooks), or annotations the webhook did not sign (`forged`); `lost`: Roles
+    the requester may no longer bind; `unknown`: why no answer could be had (and the grant
+    was not in force before, so it waits for one).
     """
 
     requester: Requester | None
     lost: tuple[str, ...] = ()
     unknown: str | None = None
+    forged: bool = False
+    #: The grant is in force now (in an access bundle): an unknown answer does not end it.
+    in_force: bool = False
 
 
 #: What the operator knows about a Token's secret credential: its digest, or why there is none.
@@ -285,6 +289,10 @@ class TokenFindings:
     requested_by: str | None = None
     #: Why the requester's grant was withdrawn (lost `bind`), as the proxies say it.
     revoked: str | None = None
+    #: The requester annotations are there but not the webhook's (see RequesterCheck).
+    forged_stamp: bool = False
+    #: The API server could not say whether the requester may still bind (the grant stands).
+    unchecked: str | None = None
     #: A Token with `spec.publicKey`: its client certificate (PEM) and when that ends, set by
     #: the handlers once the grant is known.
     certificate: tuple[bytes, datetime] | None = None
@@ -314,17 +322,22 @@ def _requester_problems(
     if requester is None:
         if not require_verified:
             return [], None
+        why = (
+            "its requester annotations were not written by the admission webhook"
+            if check.forged
+            else "the Token has no rdsgate.dev/requested-by annotation (it was created before "
+            "the admission webhooks)"
+        )
         return [
             RequesterUnverified(
-                "the Token has no rdsgate.dev/requested-by annotation (it was created before "
-                "the admission webhooks) and the operator runs with "
-                "--require-verified-requester: re-create it so that its requester is recorded"
+                f"{why} and the operator runs with --require-verified-requester: re-create it "
+                "so that its requester is recorded"
             )
         ], None
     if check.lost:
         reason = bind_refusal(requester.username, namespace, check.lost, lost=True)
         return [BindRevoked(f"{reason}; the grant was withdrawn")], reason
-    if check.unknown:
+    if check.unknown and not check.in_force:
         return [
             BindCheckFailed(
                 f"cannot check whether {requester.username} may bind its Roles: "
@@ -391,6 +404,8 @@ def _token_findings(
         problems=problems,
         requested_by=check.requester.username if check.requester else None,
         revoked=revoked,
+        forged_stamp=check.forged,
+        unchecked=check.unknown if check.in_force and not check.lost else None,
     )
     if expired or any(isinstance(p, REQUESTER_PROBLEMS) for p in problems):
         return findings
@@ -452,7 +467,7 @@ def compile_namespace(
     #: ServiceAccount → the Token (the first by name) whose grant it is.
     holders: dict[tuple[str, str], str] = {}
     for token in live(tokens):
-        check = (requesters or {}).get(name_of(token)) or RequesterCheck(Requester.of_token(token))
+        check = (requesters or {}).get(name_of(token)) or RequesterCheck(None)
         found = _token_findings(
             token,
             namespace,
@@ -511,9 +526,21 @@ def compile_namespace(
     return NamespaceAccess(bundles, role_findings, token_findings)
 
 
+#: Fields added to the access file with the admission webhooks, left out when unused: a
+#: bundle that needs none of them is what proxies of earlier versions can load.
+_OPTIONAL_GRANT_FIELDS = ("publicKeySha256", "requestedBy")
+
+
 def bundle_yaml(bundle: AccessFile) -> str:
     """The access file's text: deterministic, so that an unchanged bundle is an unchanged Secret."""
-    return yaml.safe_dump(bundle.dump(), sort_keys=False, default_flow_style=False)
+    doc = bundle.dump()
+    for grant in doc["grants"]:
+        for key in _OPTIONAL_GRANT_FIELDS:
+            if grant.get(key) is None:
+                grant.pop(key, None)
+    if not doc["revoked"]:
+        del doc["revoked"]
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
 
 
 # Status
@@ -546,6 +573,25 @@ def role_status(found: RoleFindings) -> tuple[dict[str, Any], list[Condition]]:
 
 
 def requester_condition(found: TokenFindings) -> Condition:
+    if found.unchecked is not None:
+        return Condition(
+            "RequesterVerified",
+            "Unknown",
+            "BindCheckFailed",
+            f"cannot check whether {found.requested_by} may still bind the Token's Roles: "
+            f"{found.unchecked}; the grant stands until the API server answers (retrying)",
+            event="Warning",
+        )
+    if found.requested_by is None and found.forged_stamp:
+        return Condition(
+            "RequesterVerified",
+            "False",
+            "StampNotVerified",
+            "the Token's rdsgate.dev/requested-by annotations were not written by the "
+            "admission webhook (they carry no valid signature), so who asked for it is not "
+            "known and audit lines name nobody; re-create it to record its requester",
+            event="Warning",
+        )
     if found.requested_by is None:
         return Condition(
             "RequesterVerified",

@@ -4,7 +4,10 @@ Pure. The kopf webhook handlers (handlers.py) pass the AdmissionReview's `userIn
 function that asks the API server whether a user may `bind` a Role (a SubjectAccessReview,
 authz.py); these functions decide:
 
-- `stamp`: the requester annotations every new Token gets, whatever the client sent;
+- `stamp`: the requester annotations every new Token gets, whatever the client sent,
+  signed with a key derived from the operator's CA key (`read_stamp` checks it), so a
+  requester written by anyone but the webhook (while the webhooks were absent, say) is
+  never taken for a verified one;
 - `review`: whether a CREATE or UPDATE may go ahead. Naming a Role needs `bind` on it (as
   RBAC's own `bind` stops escalation through RoleBindings); the requester annotations are
   set once and never change; `spec.publicKey` and `spec.subject` say who holds the grant,
@@ -16,7 +19,11 @@ A refusal is a `Refused` with the message the API server shows the user.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import secrets
+import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +33,8 @@ from .objects import meta_of, spec_of
 
 REQUESTED_BY = "rdsgate.dev/requested-by"
 REQUESTED_BY_GROUPS = "rdsgate.dev/requested-by-groups"
-REQUESTER_ANNOTATIONS = (REQUESTED_BY, REQUESTED_BY_GROUPS)
+REQUESTED_BY_SIGNATURE = "rdsgate.dev/requested-by-signature"
+REQUESTER_ANNOTATIONS = (REQUESTED_BY, REQUESTED_BY_GROUPS, REQUESTED_BY_SIGNATURE)
 #: The webhooks' names, as the API server quotes them in a refusal.
 VALIDATING_WEBHOOK = "tokens.rdsgate.dev"
 MUTATING_WEBHOOK = "requester.tokens.rdsgate.dev"
@@ -58,8 +66,8 @@ class Requester:
         return cls(str(info.get("username") or ""), tuple(str(g) for g in groups))
 
     @classmethod
-    def of_token(cls, token: Mapping[str, Any]) -> Requester | None:
-        """The requester stamped on a Token at its admission; None for a Token without one."""
+    def claimed_by(cls, token: Mapping[str, Any]) -> Requester | None:
+        """The requester a Token's annotations name, signed or not (see `read_stamp`)."""
         annotations = meta_of(token).get("annotations") or {}
         username = annotations.get(REQUESTED_BY)
         if not isinstance(username, str) or not username:
@@ -72,28 +80,86 @@ class Requester:
             groups = []
         return cls(username, tuple(str(g) for g in groups))
 
-    def annotations(self) -> dict[str, str]:
-        return {
-            REQUESTED_BY: self.username,
-            REQUESTED_BY_GROUPS: json.dumps(list(self.groups), separators=(",", ":")),
-        }
+    def groups_text(self) -> str:
+        return json.dumps(list(self.groups), separators=(",", ":"))
+
+
+def stamp_key(ca_key_pem: bytes) -> bytes:
+    """The key that signs requester stamps, derived from the CA's private key: whoever could
+    forge a stamp could sign client certificates anyway."""
+    return hashlib.sha256(b"rdsgate.dev/requested-by-signature/v1\0" + ca_key_pem).digest()
+
+
+def _signature(key: bytes, namespace: str, name: str, requester: Requester) -> str:
+    message = json.dumps([namespace, name, requester.username, list(requester.groups)])
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What a Token says of its requester: verified (signed by the webhook), or not, and why."""
+
+    requester: Requester | None
+    #: Requester annotations are there but were not written by the admission webhook.
+    forged: bool = False
+
+
+def read_stamp(token: Mapping[str, Any], key: bytes) -> Stamp:
+    claimed = Requester.claimed_by(token)
+    annotations = meta_of(token).get("annotations") or {}
+    if claimed is None:
+        return Stamp(None, forged=any(k in annotations for k in REQUESTER_ANNOTATIONS))
+    meta = meta_of(token)
+    expected = _signature(
+        key, str(meta.get("namespace") or ""), str(meta.get("name") or ""), claimed
+    )
+    given = annotations.get(REQUESTED_BY_SIGNATURE)
+    if not isinstance(given, str) or not hmac.compare_digest(given.encode(), expected.encode()):
+        return Stamp(None, forged=True)
+    return Stamp(claimed)
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """The API server's answer to "may this user bind this Role": None when it gave none."""
+    """The API server's answer to "may this user bind this Role": None when it gave none.
+    `failed`: asking failed just now (an earlier answer may stand in for it)."""
 
     allowed: bool | None
     reason: str = ""
+    failed: bool = False
 
 
 #: (requester, namespace, Role name) → the verdict; `userinfo` extras travel with the requester.
 MayBind = Callable[[Requester, str, str], Verdict]
 
 
-def stamp(userinfo: Mapping[str, Any] | None) -> dict[str, str]:
-    """The annotations the mutating webhook sets on every new Token."""
-    return Requester.from_userinfo(userinfo).annotations()
+def stamp(
+    userinfo: Mapping[str, Any] | None, key: bytes, namespace: str, name: str
+) -> dict[str, str]:
+    """The annotations the mutating webhook sets on every new Token named `name`."""
+    requester = Requester.from_userinfo(userinfo)
+    return {
+        REQUESTED_BY: requester.username,
+        REQUESTED_BY_GROUPS: requester.groups_text(),
+        REQUESTED_BY_SIGNATURE: _signature(key, namespace, name, requester),
+    }
+
+
+def generated_name(generate_name: str) -> str:
+    """A name for a Token created with `generateName`, chosen at admission so that the stamp
+    can be signed for it (the API server would choose one only after admission)."""
+    alphabet = string.ascii_lowercase + string.digits
+    return generate_name + "".join(secrets.choice(alphabet) for _ in range(5))
+
+
+def restored(new: Mapping[str, Any] | None, old: Mapping[str, Any] | None) -> dict[str, str]:
+    """The requester annotations an UPDATE left out, put back from the stored Token: a
+    server-side apply of a manifest that never had them removes them otherwise (they are
+    the webhook's, but SSA counts them as the applier's), and every GitOps sync would be
+    refused. A change to them is still refused by `review`."""
+    before = meta_of(old or {}).get("annotations") or {}
+    after = meta_of(new or {}).get("annotations") or {}
+    return {k: before[k] for k in REQUESTER_ANNOTATIONS if k in before and k not in after}
 
 
 def _roles(token: Mapping[str, Any] | None) -> list[str]:
@@ -160,17 +226,27 @@ def review(
     old: Mapping[str, Any] | None,
     userinfo: Mapping[str, Any] | None,
     may_bind: MayBind,
+    key: bytes,
 ) -> None:
     """Whether a CREATE or UPDATE of a Token may go ahead; raises Refused if not."""
-    if new is None:
-        return
+    if (
+        new is None
+        or operation not in ("CREATE", "UPDATE")
+        or (operation == "UPDATE" and old is None)
+    ):
+        raise Refused(
+            f"cannot review a Token {operation or 'request'} without its object"
+            + (" and its stored version" if operation == "UPDATE" else ""),
+            code=500,
+        )
     requester = Requester.from_userinfo(userinfo)
-    namespace = str(meta_of(new).get("namespace") or "default")
-    annotations = meta_of(new).get("annotations") or {}
+    meta = meta_of(new)
+    namespace = str(meta.get("namespace") or "default")
+    annotations = meta.get("annotations") or {}
     spec = spec_of(new)
     if operation == "CREATE":
-        stamped = {key: annotations.get(key) for key in REQUESTER_ANNOTATIONS}
-        if stamped != requester.annotations():
+        stamped = {k: annotations.get(k) for k in REQUESTER_ANNOTATIONS}
+        if stamped != stamp(userinfo, key, namespace, str(meta.get("name") or "")):
             raise Refused(
                 f"the Token does not carry its requester as the API server authenticated "
                 f"them ({REQUESTED_BY}={requester.username!r}): the mutating webhook "
@@ -181,14 +257,14 @@ def review(
         _check_public_key(spec)
         check_binds(requester, namespace, _roles(new), may_bind)
         return
-    if operation != "UPDATE" or old is None:
-        return
+    assert old is not None
     before = meta_of(old).get("annotations") or {}
-    for key in REQUESTER_ANNOTATIONS:
-        if annotations.get(key) != before.get(key):
+    for annotation in REQUESTER_ANNOTATIONS:
+        if annotations.get(annotation) != before.get(annotation):
             raise Refused(
-                f"the annotation {key} records who created this Token and cannot be "
-                f"changed or removed (it is {before.get(key)!r}); create a new Token instead",
+                f"the annotation {annotation} records who created this Token and cannot be "
+                f"changed or removed (it is {before.get(annotation)!r}); create a new Token "
+                "instead",
                 code=422,
             )
     old_spec = spec_of(old)
@@ -199,5 +275,9 @@ def review(
                 "create a new Token instead",
                 code=422,
             )
+    if spec.get("ttl") != old_spec.get("ttl"):
+        # A new ttl can lengthen a grant someone else was allowed to make: granting anew.
+        check_binds(requester, namespace, _roles(new), may_bind)
+        return
     added = [role for role in _roles(new) if role not in _roles(old)]
     check_binds(requester, namespace, added, may_bind)

@@ -3,10 +3,14 @@
 RBAC is the API server's to decide (Roles, ClusterRoles, aggregation, `resourceNames`,
 `*`, webhook authorizers on EKS): the operator never evaluates rules itself, it asks with
 the user and groups the API server authenticated. Answers are remembered per (user,
-groups, namespace, Role) so that compiling a namespace of many Tokens costs one review per
-distinct requester and Role, not one per Token per compile; callers say how old an answer
-they accept (0: ask now). When the API server cannot answer, the last answer stands (an
-outage must not revoke everyone's access) and, with none, the verdict is unknown.
+groups, namespace, Role), so a compile reuses answers younger than the recheck interval;
+callers say how old an answer they accept (0: ask now).
+
+When the API server does not answer (unreachable, a 5xx, or the operator lost its right
+to ask), an earlier answer stands for at most `stale_limit` seconds and the verdict says
+the asking failed; past that, or with no earlier answer, or at admission (which never
+takes an old answer), the verdict is unknown. What an unknown verdict does to a grant
+is the compile's decision (access.py): a grant in force stands, a new one waits.
 """
 
 from __future__ import annotations
@@ -23,17 +27,15 @@ from .kube import ROLE, Kube, KubeError
 
 log = logging.getLogger(__name__)
 
+AnswerKey = tuple[str, tuple[str, ...], str, str]
+
 
 @dataclass
 class BindChecker:
     kube: Kube
     clock: Callable[[], float] = time.monotonic
-    _answers: dict[tuple[str, tuple[str, ...], str, str], tuple[float, Verdict]] = field(
-        default_factory=dict
-    )
+    _answers: dict[AnswerKey, tuple[float, Verdict]] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
-    #: Whether a review failed since the last `take_failures` (the caller retries soon).
-    _failed: bool = False
 
     def may_bind(
         self,
@@ -42,6 +44,7 @@ class BindChecker:
         role: str,
         *,
         max_age: float = 0.0,
+        stale_limit: float = 0.0,
         uid: str | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> Verdict:
@@ -52,7 +55,7 @@ class BindChecker:
         if cached is not None and now - cached[0] < max_age:
             return cached[1]
         try:
-            allowed, reason = self.kube.review_access(
+            allowed, reason, error = self.kube.review_access(
                 requester.username,
                 requester.groups,
                 {
@@ -66,25 +69,36 @@ class BindChecker:
                 extra=extra,
             )
         except KubeError as exc:
-            log.warning(
-                "SubjectAccessReview for %s on Role %s/%s failed: %s",
-                requester.username,
-                namespace,
-                role,
-                exc,
-            )
-            with self._guard:
-                self._failed = True
-            if cached is not None:
-                return cached[1]
-            return Verdict(None, f"the API server did not answer a SubjectAccessReview: {exc}")
+            return self._failed(key, cached, now, stale_limit, f"{exc}", exc.status)
+        if error and not allowed:
+            # An authorizer erred before one said no: not an answer to act on.
+            return self._failed(key, cached, now, stale_limit, f"evaluationError: {error}", 0)
         verdict = Verdict(allowed, reason)
         with self._guard:
             self._answers[key] = (now, verdict)
         return verdict
 
-    def take_failures(self) -> bool:
-        """Whether any review failed since the last call (and forget it)."""
-        with self._guard:
-            failed, self._failed = self._failed, False
-        return failed
+    def _failed(
+        self,
+        key: AnswerKey,
+        cached: tuple[float, Verdict] | None,
+        now: float,
+        stale_limit: float,
+        what: str,
+        status: int,
+    ) -> Verdict:
+        user, _, namespace, role = key
+        if 400 <= status < 500:
+            log.error(
+                "the API server refused the operator's SubjectAccessReview (%s): grant it "
+                "create on subjectaccessreviews.authorization.k8s.io, as the chart does",
+                what,
+            )
+        else:
+            log.warning(
+                "SubjectAccessReview for %s on Role %s/%s failed: %s", user, namespace, role, what
+            )
+        reason = f"the API server did not answer a SubjectAccessReview: {what}"
+        if cached is not None and now - cached[0] < stale_limit:
+            return Verdict(cached[1].allowed, cached[1].reason, failed=True)
+        return Verdict(None, reason, failed=True)

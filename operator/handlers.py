@@ -23,6 +23,8 @@ conditions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import ipaddress
 import json
 import logging
@@ -36,8 +38,10 @@ from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kopf
+import yaml
 
 from rdsgate.proxy.access import secret_digest, utcnow
 from rdsgate.proxy.auth import client_certificate_uri
@@ -84,8 +88,6 @@ from .status import (
 log = logging.getLogger(__name__)
 
 CLIENT_CERT_DAYS = 90
-#: A certificate signed for a Token's own key lives at most this long (renewed before).
-PUBLIC_KEY_CERT_LIFETIME = timedelta(hours=12)
 RETRY_DELAY = 10.0
 DIAGNOSE_TIMEOUT = 3.0
 #: The longest name the API server takes (a DNS subdomain).
@@ -167,7 +169,9 @@ class Reconciler:
     config: Config
     ca: pki.KeyPair
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
-    binds: BindChecker | None = None
+    binds: BindChecker = field(init=False)
+    #: Signs and checks the requester stamp (derived from the CA key).
+    stamp_key: bytes = field(init=False)
     _slots: dict[tuple[str, ...], _Slot] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
     #: (kind, namespace, name) → the resourceVersion of the operator's last write of it, so
@@ -178,9 +182,12 @@ class Reconciler:
     #: namespace → when its requesters' `bind` was last asked afresh (time.monotonic()).
     _rechecked_at: dict[str, float] = field(default_factory=dict)
 
+    #: Namespaces whose next compile is to ask every requester's `bind` afresh.
+    _fresh_wanted: set[str] = field(default_factory=set)
+
     def __post_init__(self) -> None:
-        if self.binds is None:
-            self.binds = BindChecker(self.kube)
+        self.binds = BindChecker(self.kube)
+        self.stamp_key = admission.stamp_key(self.ca.key_pem)
 
     def _slot(self, key: tuple[str, ...]) -> _Slot:
         with self._guard:
@@ -513,31 +520,60 @@ class Reconciler:
     def recheck_access(self, namespace: str, max_age: float) -> None:
         """A compile that asks the API server afresh whether every requester may still bind
         their Roles, unless that was done within `max_age` seconds (every Database's timer
-        calls this; one run serves them all)."""
+        calls this; one run serves them all). When a compile is already queued, it is the
+        one that asks afresh."""
         with self._guard:
             last = self._rechecked_at.get(namespace)
-        if last is None or time.monotonic() - last >= max_age:
-            self._coalesced(
-                ("ns", namespace),
-                lambda: self._sync_access_locked(namespace, fresh=True).raise_errors(),
-            )
+            if last is not None and time.monotonic() - last < max_age:
+                return
+            self._fresh_wanted.add(namespace)
+        self._coalesced(
+            ("ns", namespace), lambda: self._sync_access_locked(namespace).raise_errors()
+        )
 
     def _sync_access(self, namespace: str) -> SyncOutcome:
         with self._lock("ns", namespace):
             return self._sync_access_locked(namespace)
 
+    def _grants_in_force(self, namespace: str) -> set[str]:
+        """The identities the namespace's access Secrets grant now (as the proxies see it)."""
+        found: set[str] = set()
+        selector = {
+            render.LABEL_COMPONENT: "access",
+            render.LABEL_MANAGED_BY: render.MANAGED_BY,
+        }
+        for secret in self.kube.list(SECRET, namespace, selector):
+            text = secret_bytes(secret, render.ACCESS_KEY)
+            try:
+                doc = yaml.safe_load(text or b"") or {}
+            except yaml.YAMLError:
+                continue
+            for grant in doc.get("grants") or [] if isinstance(doc, dict) else []:
+                if isinstance(grant, dict) and grant.get("identity"):
+                    found.add(str(grant["identity"]))
+        return found
+
     def _requester_checks(
-        self, tokens: Sequence[Mapping[str, Any]], namespace: str, now: datetime, fresh: bool
+        self,
+        tokens: Sequence[Mapping[str, Any]],
+        namespace: str,
+        now: datetime,
+        fresh: bool,
+        outcome: SyncOutcome,
     ) -> dict[str, access.RequesterCheck]:
-        """What the API server says of each live Token's requester: may they still bind each
-        of its Roles? Answers younger than the recheck interval are reused unless `fresh`."""
-        assert self.binds is not None
-        max_age = 0.0 if fresh else self.config.access_recheck_interval
+        """What the API server says of each live Token's verified requester: may they still
+        bind each of its Roles? Answers younger than the recheck interval are reused unless
+        `fresh`; within one run each (requester, Role) is asked once."""
+        interval = self.config.access_recheck_interval
+        max_age = 0.0 if fresh else interval
+        answers: dict[tuple[admission.Requester, str], admission.Verdict] = {}
         checks: dict[str, access.RequesterCheck] = {}
+        unsure: list[str] = []
         for token in access.live(tokens):
-            requester = admission.Requester.of_token(token)
+            stamp = admission.read_stamp(token, self.stamp_key)
+            requester = stamp.requester
             if requester is None:
-                checks[name_of(token)] = access.RequesterCheck(None)
+                checks[name_of(token)] = access.RequesterCheck(None, forged=stamp.forged)
                 continue
             try:
                 expires_at = access.token_expiry(token, now)
@@ -549,19 +585,35 @@ class Reconciler:
             lost: list[str] = []
             unknown: str | None = None
             for role in access.token_roles(token):
-                verdict = self.binds.may_bind(requester, namespace, role, max_age=max_age)
+                verdict = answers.get((requester, role))
+                if verdict is None:
+                    verdict = self.binds.may_bind(
+                        requester, namespace, role, max_age=max_age, stale_limit=3 * interval
+                    )
+                    answers[(requester, role)] = verdict
+                if verdict.failed:
+                    outcome.errors.append(f"SubjectAccessReview failed: {verdict.reason}")
                 if verdict.allowed is None:
                     unknown = unknown or verdict.reason
                 elif not verdict.allowed:
                     lost.append(role)
             checks[name_of(token)] = access.RequesterCheck(requester, tuple(lost), unknown)
+            if unknown:
+                unsure.append(name_of(token))
+        if unsure:
+            in_force = self._grants_in_force(namespace)
+            for name in unsure:
+                if access.identity(namespace, name) in in_force:
+                    checks[name] = dataclasses.replace(checks[name], in_force=True)
         return checks
 
-    def _sync_access_locked(self, namespace: str, *, fresh: bool = False) -> SyncOutcome:
+    def _sync_access_locked(self, namespace: str) -> SyncOutcome:
         """Compile the namespace's access and write it out, one object at a time: an object
         the API refuses is reported (on its Token, or its Database) and the rest is written.
-        `fresh`: every requester's `bind` is asked of the API server now."""
-        assert self.binds is not None
+        A run after `recheck_access` asks every requester's `bind` of the API server now."""
+        with self._guard:
+            fresh = namespace in self._fresh_wanted
+            self._fresh_wanted.discard(namespace)
         now = utcnow()
         started = time.monotonic()
         databases = self.kube.list(DATABASE, namespace)
@@ -569,9 +621,7 @@ class Reconciler:
         tokens = self.kube.list(TOKEN, namespace)
         outcome = SyncOutcome()
 
-        requesters = self._requester_checks(tokens, namespace, now, fresh)
-        if self.binds.take_failures():
-            outcome.errors.append("a SubjectAccessReview failed (the last answers stand)")
+        requesters = self._requester_checks(tokens, namespace, now, fresh, outcome)
         credentials: dict[str, access.Credential] = {}
         keys: dict[str, pki.PublicKey] = {}
         for token in access.live(tokens):
@@ -603,9 +653,12 @@ class Reconciler:
             found = compiled.tokens.get(name)
             if found is not None and found.grant is not None:
                 found.certificate = self._key_certificate(by_name[name], found, key, now)
-        self.metrics.tokens_unverified.labels(namespace).set(
-            sum(1 for c in requesters.values() if c.requester is None)
-        )
+        unverified = sum(1 for c in requesters.values() if c.requester is None)
+        if unverified:
+            self.metrics.tokens_unverified.labels(namespace).set(unverified)
+        else:
+            with contextlib.suppress(KeyError):  # no series for a namespace with none
+                self.metrics.tokens_unverified.remove(namespace)
 
         live_databases = access.live(databases)
         if live_databases:
@@ -643,7 +696,9 @@ class Reconciler:
     def _apply_ca_config_map(
         self, namespace: str, databases: Sequence[Mapping[str, Any]], outcome: SyncOutcome
     ) -> None:
-        """The namespace's `rdsgate-ca` ConfigMap; one someone else made is left alone."""
+        """The namespace's `rdsgate-ca` ConfigMap, always the operator's: people verify the
+        proxies with it, so one made or edited by someone else is taken over (as Kubernetes
+        keeps kube-root-ca.crt), not left to vouch for another CA."""
         desired = render.ca_config_map(namespace, databases, self.ca.cert_pem)
         try:
             current = self.kube.get(CONFIG_MAP, namespace, render.CA_CONFIG_MAP)
@@ -651,12 +706,11 @@ class Reconciler:
                 render.MANAGED_BY
             ):
                 log.warning(
-                    "ConfigMap %s/%s exists and is not managed by rdsgate: not writing the CA "
-                    "there; people and apps find it in each Database's ConfigMap instead",
+                    "ConfigMap %s/%s was not the operator's: replacing it with the CA the "
+                    "proxies' certificates chain to",
                     namespace,
                     render.CA_CONFIG_MAP,
                 )
-                return
             result, written = self.kube.apply(desired, current)
             self._remember(result, written)
         except KubeError as exc:
@@ -669,39 +723,29 @@ class Reconciler:
         key: pki.PublicKey,
         now: datetime,
     ) -> tuple[bytes, datetime]:
-        """The client certificate for a Token's own key: the one in its status while it is
-        current, else a new one for at most min(its remaining TTL, 12 hours)."""
+        """The client certificate for a Token's own key (render.key_certificate), with an
+        Event when one is issued."""
         assert found.grant is not None and found.grant.public_key_sha256 is not None
-        digest = found.grant.public_key_sha256
         status = token.get("status") if isinstance(token.get("status"), Mapping) else {}
-        pem = (status or {}).get("certificate")
-        uri = client_certificate_uri(found.identity, digest)
-        if isinstance(pem, str) and pem:
-            existing = pki.KeyPair(pem.encode(), b"")
-            try:
-                current = (
-                    is_current(existing, self.ca, now, uris=[uri], not_after=found.expires_at)
-                    and existing.cert.public_key() == key
-                )
-            except ValueError:
-                current = False
-            if current:
-                return existing.cert_pem, existing.cert.not_valid_after_utc
-        end = now + PUBLIC_KEY_CERT_LIFETIME
-        if found.expires_at is not None:
-            end = min(end, found.expires_at)
-        cert = pki.sign_client_cert(
-            self.ca, key, found.identity, binding_sha256=digest, not_after=end
+        cert, issued = render.key_certificate(
+            (status or {}).get("certificate"),
+            self.ca,
+            key,
+            found.identity,
+            found.grant.public_key_sha256,
+            found.expires_at,
+            now,
         )
-        self.kube.post_event(
-            token,
-            EventSpec(
-                "Normal",
-                "CertificateIssued",
-                f"signed a client certificate for the Token's public key, valid until "
-                f"{pki.not_after(cert).strftime('%Y-%m-%dT%H:%M:%SZ')}",
-            ),
-        )
+        if issued:
+            self.kube.post_event(
+                token,
+                EventSpec(
+                    "Normal",
+                    "CertificateIssued",
+                    f"signed a client certificate for the Token's public key, valid until "
+                    f"{pki.not_after(cert).strftime('%Y-%m-%dT%H:%M:%SZ')}",
+                ),
+            )
         return cert, pki.not_after(cert)
 
     def _token_credential(
@@ -914,15 +958,16 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     @kopf.timer(
         *DB_RESOURCE,
         id="access_recheck",
-        interval=config.access_recheck_interval,
-        initial_delay=config.access_recheck_interval,
+        interval=config.access_recheck_interval / 2,
+        initial_delay=config.access_recheck_interval / 2,
         registry=registry,
     )
     def access_recheck(namespace: str | None, **_: Any) -> None:
-        """Access follows live RBAC: every requester's `bind` is asked again at least this
-        often (one fresh compile per namespace, whichever Database's timer comes first)."""
-        interval = config.access_recheck_interval
-        _retrying(lambda: runtime.get().recheck_access(_ns(namespace), interval / 2))
+        """Access follows live RBAC: every requester's `bind` is asked again at least every
+        recheck interval (the timer fires twice as often, kopf counting from the end of the
+        last run; one fresh compile per namespace serves all its Databases' timers)."""
+        half = config.access_recheck_interval / 2
+        _retrying(lambda: runtime.get().recheck_access(_ns(namespace), half))
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -997,8 +1042,10 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
                 return
             owner = reconciler.owner_database(body)
             labels = labels_of(body)
-            if render.LABEL_TOKEN in labels or (
-                owner is not None and labels.get(render.LABEL_COMPONENT) in ("access", "ca")
+            if (
+                render.LABEL_TOKEN in labels
+                or (owner is not None and labels.get(render.LABEL_COMPONENT) in ("access", "ca"))
+                or (body.get("kind") == CONFIG_MAP.kind and name_of(body) == render.CA_CONFIG_MAP)
             ):
                 # Written by the namespace's compile (a Token Secret, an access Secret, the
                 # namespace's CA ConfigMap).
@@ -1076,6 +1123,7 @@ def admission_server(config: Config, kube: Kube, ca: pki.KeyPair) -> webhooks.Ad
         if adm.target is not None
         else None
     )
+    path = urlsplit(adm.target.url).path if adm.target and adm.target.url else None
     return webhooks.AdmissionServer(
         addr=host,
         port=port,
@@ -1083,6 +1131,7 @@ def admission_server(config: Config, kube: Kube, ca: pki.KeyPair) -> webhooks.Ad
         dns_names=dns,
         ip_addresses=ips,
         cert_dir=adm.cert_dir,
+        path=path,
         registration=registration,
     )
 
@@ -1093,15 +1142,30 @@ def register_admission(registry: kopf.OperatorRegistry, runtime: Runtime) -> Non
     @kopf.on.mutate(
         *TOKEN_RESOURCE,
         id=admission.MUTATING_ID,
-        operations=["CREATE"],
+        operations=["CREATE", "UPDATE"],
         persistent=True,
         side_effects=False,
         registry=registry,
     )
-    def stamp_requester(patch: kopf.Patch, userinfo: kopf.UserInfo, **_: Any) -> None:
-        """Every new Token names its requester as the API server authenticated them."""
-        for key, value in admission.stamp(userinfo).items():
-            patch.metadata.annotations[key] = value
+    def stamp_requester(
+        patch: kopf.Patch, body: kopf.Body, userinfo: kopf.UserInfo, **kwargs: Any
+    ) -> None:
+        """A new Token names its requester as the API server authenticated them, signed; an
+        update that left the stamp out (a server-side apply) keeps the stored one."""
+        reconciler = runtime.get()
+        if kwargs.get("operation") == "UPDATE":
+            for key, value in admission.restored(body, kwargs.get("old")).items():
+                patch.metadata.annotations[key] = value
+        else:
+            meta = meta_of(body)
+            name = str(meta.get("name") or "")
+            if not name:
+                name = admission.generated_name(str(meta.get("generateName") or ""))
+                patch.metadata["name"] = name
+            namespace = str(meta.get("namespace") or "default")
+            stamp = admission.stamp(userinfo, reconciler.stamp_key, namespace, name)
+            for key, value in stamp.items():
+                patch.metadata.annotations[key] = value
         runtime.metrics.admission_reviews.labels(admission.MUTATING_WEBHOOK, "allowed").inc()
 
     @kopf.on.validate(
@@ -1114,20 +1178,26 @@ def register_admission(registry: kopf.OperatorRegistry, runtime: Runtime) -> Non
     )
     def check_token(body: kopf.Body, userinfo: kopf.UserInfo, **kwargs: Any) -> None:
         """A Token may only name Roles its requester may bind; its requester is fixed."""
-        operation, old = kwargs.get("operation"), kwargs.get("old")
-        binds = runtime.get().binds
-        assert binds is not None
+        reconciler = runtime.get()
         info: Mapping[str, Any] = userinfo
         uid, extra = info.get("uid"), info.get("extra")
 
         def may_bind(
             requester: admission.Requester, namespace: str, role: str
         ) -> admission.Verdict:
-            return binds.may_bind(requester, namespace, role, uid=uid, extra=extra)
+            # Admission asks now and never takes an earlier answer.
+            return reconciler.binds.may_bind(requester, namespace, role, uid=uid, extra=extra)
 
         metric = runtime.metrics.admission_reviews
         try:
-            admission.review(operation, body, old, userinfo, may_bind)
+            admission.review(
+                kwargs.get("operation"),
+                body,
+                kwargs.get("old"),
+                userinfo,
+                may_bind,
+                reconciler.stamp_key,
+            )
         except admission.Refused as exc:
             metric.labels(admission.VALIDATING_WEBHOOK, "refused").inc()
             raise kopf.AdmissionError(exc.message, code=exc.code) from None

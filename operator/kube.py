@@ -281,10 +281,10 @@ class Kube:
         *,
         uid: str | None = None,
         extra: Mapping[str, Any] | None = None,
-    ) -> tuple[bool, str]:
+    ) -> tuple[bool, str, str]:
         """A SubjectAccessReview (`authorization.k8s.io/v1`): may `user` with `groups` do
-        what `attributes` (resourceAttributes) say? Returns (allowed, the authorizer's reason).
-        Raises KubeError when the API server gives no answer."""
+        what `attributes` (resourceAttributes) say? Returns (allowed, the authorizer's
+        reason, its evaluationError). Raises KubeError when the API server gives no answer."""
         spec: dict[str, Any] = {
             "user": user,
             "groups": list(groups),
@@ -303,8 +303,8 @@ class Kube:
             }
         )
         status = (review or {}).get("status") or {}
-        reason = str(status.get("reason") or status.get("evaluationError") or "")
-        return bool(status.get("allowed")) and not status.get("denied"), reason
+        allowed = bool(status.get("allowed")) and not status.get("denied")
+        return allowed, str(status.get("reason") or ""), str(status.get("evaluationError") or "")
 
     def patch(
         self,

@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     adm.add_argument(
         "--admission-timeout",
         type=int,
-        default=int(env("RDSGATE_ADMISSION_TIMEOUT") or webhooks.TIMEOUT_SECONDS),
+        default=env("RDSGATE_ADMISSION_TIMEOUT") or str(webhooks.TIMEOUT_SECONDS),
         metavar="SECONDS",
         help="the configurations' timeoutSeconds, 1 to 30 (env RDSGATE_ADMISSION_TIMEOUT; "
         "default %(default)s)",
@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--access-recheck-interval",
         type=float,
-        default=float(env("RDSGATE_ACCESS_RECHECK_INTERVAL") or 300),
+        default=env("RDSGATE_ACCESS_RECHECK_INTERVAL") or "300",
         metavar="SECONDS",
         help="ask the API server again at least this often whether each Token's requester "
         "may still bind its Roles (env RDSGATE_ACCESS_RECHECK_INTERVAL; default %(default)s)",
@@ -235,6 +235,8 @@ def parse_config(args: argparse.Namespace) -> Config:
     allowed = [image for arg in (args.allowed_proxy_images or []) for image in _split(arg)]
     if not allowed:
         allowed = _split(os.environ.get("RDSGATE_ALLOWED_PROXY_IMAGES"))
+    if not 1 <= args.access_recheck_interval <= 300:
+        raise ValueError("--access-recheck-interval must be 1 to 300 seconds")
     return Config(
         proxy_image=args.proxy_image,
         operator_namespace=args.operator_namespace,
@@ -257,8 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = parse_config(args)
     except ValueError as exc:
         parser.error(str(exc))
-    if args.access_recheck_interval <= 0 or args.access_recheck_interval > 300:
-        parser.error("--access-recheck-interval must be more than 0 and at most 300 seconds")
+
     kopf.configure(
         verbose=args.verbose,
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.FULL,

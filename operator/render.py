@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -22,6 +22,7 @@ from cryptography import x509
 from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
 
+from rdsgate.proxy.auth import client_certificate_uri
 from rdsgate.proxy.config import ProxyConfig
 
 from . import pki
@@ -340,6 +341,38 @@ def server_keypair(
         assert existing is not None
         return existing
     return pki.issue_server_cert(ca, names, days=SERVER_CERT_DAYS)
+
+
+#: A certificate signed for a Token's own key lives at most this long (renewed before).
+KEY_CERT_LIFETIME = timedelta(hours=12)
+
+
+def key_certificate(
+    current_pem: object,
+    ca: pki.KeyPair,
+    key: pki.PublicKey,
+    identity: str,
+    digest: str,
+    expires_at: datetime | None,
+    now: datetime,
+) -> tuple[bytes, bool]:
+    """The client certificate for a Token's own key (`spec.publicKey`): the one in its
+    status while it is current (this CA, this key and binding, before 2/3 of its life),
+    else a new one for at most min(the remaining TTL, 12 hours). Returns it and whether it
+    is new."""
+    uri = client_certificate_uri(identity, digest)
+    if isinstance(current_pem, str) and current_pem:
+        existing = pki.KeyPair(current_pem.encode(), b"")
+        try:
+            same_key = pki.public_key_der(existing.cert.public_key()) == pki.public_key_der(key)  # type: ignore[arg-type]
+            if same_key and is_current(existing, ca, now, uris=[uri], not_after=expires_at):
+                return existing.cert_pem, False
+        except ValueError:
+            pass
+    end = now + KEY_CERT_LIFETIME
+    if expires_at is not None:
+        end = min(end, expires_at)
+    return pki.sign_client_cert(ca, key, identity, binding_sha256=digest, not_after=end), True
 
 
 def tls_secret(db: Database, pair: pki.KeyPair, ca_pem: bytes) -> dict[str, Any]:

@@ -99,6 +99,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def parse_url(text: str) -> str:
+    """`https://HOST[:PORT][/PATH]`: the webhooks are then served under PATH too."""
     parts = urlsplit(text.strip())
     if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
         raise ValueError(
@@ -179,7 +180,7 @@ def configurations(
         ],
     }
     mutating_hook = _webhook(
-        MUTATING_WEBHOOK, f"/{MUTATING_ID}", ["CREATE"], target, ca_bundle, exact, timeout
+        MUTATING_WEBHOOK, f"/{MUTATING_ID}", ["CREATE", "UPDATE"], target, ca_bundle, exact, timeout
     )
     mutating_hook["reinvocationPolicy"] = "Never"
     mutating = {
@@ -240,6 +241,7 @@ class AdmissionServer(kopf.WebhookServer):
         dns_names: Sequence[str] = (),
         ip_addresses: Sequence[str] = (),
         cert_dir: Path | None = None,
+        path: str | None = None,
         registration: Registration | None = None,
     ) -> None:
         self.ca = ca
@@ -247,31 +249,39 @@ class AdmissionServer(kopf.WebhookServer):
         self.ip_addresses = list(ip_addresses)
         self.registration = registration
         self._pair: pki.KeyPair | None = None
+        cafile: Path | None = None
+        cadata: bytes | None = None
         if cert_dir is not None:
             certfile, pkeyfile = cert_dir / "tls.crt", cert_dir / "tls.key"
-            ca_file = cert_dir / "ca.crt"
-            cadata = ca_file.read_bytes() if ca_file.exists() else None
+            cafile = cert_dir / "ca.crt" if (cert_dir / "ca.crt").exists() else None
             self._files_dir: Path | None = None
         else:
             assert ca is not None
             self._files_dir = Path(tempfile.mkdtemp(prefix="rdsgate-webhook-"))
-            certfile, pkeyfile = self._files_dir / "tls.crt", self._files_dir / "tls.key"
+            # Key and certificate in one file, replaced at once: kopf (which reloads when
+            # the file changes) never reads a new key with an old certificate.
+            certfile = pkeyfile = self._files_dir / PEM_FILE
             cadata = ca.cert_pem
-            self._renew()
+            self.renew()
         super().__init__(
             addr=addr,
             port=port,
+            path=path or None,
             certfile=certfile,
             pkeyfile=pkeyfile,
             cadata=cadata,
+            cafile=cafile,
             file_check_interval=5.0,
         )
 
     @property
     def ca_bundle(self) -> bytes | None:
+        """What the API server is to trust: the operator's CA, or cert-manager's ca.crt."""
+        if self.cafile is not None:
+            return Path(self.cafile).read_bytes()
         return self.cadata
 
-    def _renew(self) -> bool:
+    def renew(self) -> bool:
         """Issue the server certificate again if it is missing or due; whether it was."""
         if self._files_dir is None or self.ca is None:
             return False
@@ -285,9 +295,7 @@ class AdmissionServer(kopf.WebhookServer):
             days=SERVER_CERT_DAYS,
             common_name=(self.dns_names or self.ip_addresses or ["rdsgate-webhook"])[0],
         )
-        # The key first: kopf reloads once the pair it reads matches.
-        _write_private(self._files_dir, "tls.key", self._pair.key_pem)
-        _write_private(self._files_dir, "tls.crt", self._pair.cert_pem)
+        _write_private(self._files_dir, PEM_FILE, self._pair.key_pem + self._pair.cert_pem)
         log.info(
             "issued the admission webhooks' server certificate for %s",
             ", ".join([*self.dns_names, *self.ip_addresses]),
@@ -300,7 +308,7 @@ class AdmissionServer(kopf.WebhookServer):
             return
         try:
             register(reg.kube, reg.name, reg.target, self.ca_bundle, reg.namespaces, reg.timeout)
-        except KubeError as exc:
+        except (KubeError, OSError) as exc:
             log.error(
                 "cannot register the admission webhooks %s (retrying every %.0fs): %s",
                 reg.name,
@@ -308,14 +316,24 @@ class AdmissionServer(kopf.WebhookServer):
                 exc,
             )
 
+    def _upkeep_once(self) -> None:
+        try:
+            self.renew()
+        except Exception:  # the next round tries again; serving goes on meanwhile
+            log.exception("cannot renew the admission webhooks' server certificate")
+        self._register()
+
     async def _upkeep(self) -> None:
         while True:
             await asyncio.sleep(UPKEEP_INTERVAL)
-            await asyncio.to_thread(self._renew)
-            await asyncio.to_thread(self._register)
+            await asyncio.to_thread(self._upkeep_once)
 
     async def __call__(self, fn: kopf.WebhookFn) -> AsyncIterator[kopf.WebhookClientConfig]:
         async def normalised(request: Any, **kwargs: Any) -> Any:
+            hook = kwargs.get("webhook")
+            if hook not in KNOWN_PATHS:
+                # kopf would answer a path with no handler "allowed": refuse it instead.
+                return _refusal(request, f"no webhook at {hook!r}: use {' or '.join(KNOWN_PATHS)}")
             _fill_namespace(request)
             return await fn(request, **kwargs)
 
@@ -328,6 +346,21 @@ class AdmissionServer(kopf.WebhookServer):
             upkeep.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await upkeep
+
+
+#: The handler ids the server answers for, which are the last part of the URL path.
+KNOWN_PATHS = (VALIDATING_ID, MUTATING_ID)
+PEM_FILE = "tls.pem"
+
+
+def _refusal(review: Any, message: str) -> dict[str, Any]:
+    request = review.get("request") if isinstance(review, dict) else None
+    uid = request.get("uid", "") if isinstance(request, dict) else ""
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": {"uid": uid, "allowed": False, "status": {"code": 404, "message": message}},
+    }
 
 
 def _fill_namespace(review: Any) -> None:

@@ -115,6 +115,13 @@ def authenticate_certificate(policy: AccessPolicy, der: bytes, now: datetime) ->
     name, binding = certificate_identity(der, now)
     grant = policy.by_identity.get(name)
     bound_to = grant.certificate_binding if grant is not None else None
+    withdrawn = policy.revocations.get(name)
+    if grant is None and withdrawn is not None:
+        raise AuthenticationFailed(
+            f"client certificate for {name!r}: access withdrawn: {withdrawn}",
+            reason="revoked",
+            hint="ask for the verb bind on the Role again, or for a Token from someone who has it",
+        )
     if grant is None or bound_to is None:
         raise AuthenticationFailed(
             f"client certificate for {name!r}: no Token of that name grants access here",

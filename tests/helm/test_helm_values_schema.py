@@ -146,7 +146,7 @@ REJECTED: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "zero access recheck interval": (
         {"operator": {"accessRecheckInterval": 0}},
-        "at '/operator/accessRecheckInterval': exclusiveMinimum: got 0, want 0",
+        "at '/operator/accessRecheckInterval': minimum: got 0, want 1",
     ),
     "access recheck interval above the operator's 300 seconds": (
         {"operator": {"accessRecheckInterval": 600}},

@@ -98,7 +98,7 @@ def expected_webhook(
                 "apiGroups": ["rdsgate.dev"],
                 "apiVersions": ["*"],
                 "resources": ["tokens"],
-                "operations": ["CREATE", "UPDATE"] if validating else ["CREATE"],
+                "operations": ["CREATE", "UPDATE"],
                 "scope": "Namespaced",
             }
         ],

@@ -23,6 +23,7 @@ from rdsgate.proxy.access import AccessPolicy, parse_access, secret_digest
 from rdsgate.proxy.rbac import authorize
 
 DIGEST = "0123456789abcdef" * 4
+STAMP_KEY = admission.stamp_key(b"the CA key")
 
 NS = "shop"
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -51,7 +52,8 @@ def token(
         "creationTimestamp": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     if requester is not None:
-        meta["annotations"] = admission.Requester(requester, ("devs",)).annotations()
+        userinfo = {"username": requester, "groups": ["devs"]}
+        meta["annotations"] = admission.stamp(userinfo, STAMP_KEY, NS, name)
     return {"metadata": meta, "spec": {"roles": list(roles), **spec}}
 
 
@@ -80,7 +82,18 @@ def compile_(
     creds = dict(credentials or {})
     for t in tokens:
         creds.setdefault(t["metadata"]["name"], secret_digest(f"secret-of-{t['metadata']['name']}"))
-    return access.compile_namespace(NS, databases, roles, tokens, creds, now)
+    return access.compile_namespace(NS, databases, roles, tokens, creds, now, checks(tokens))
+
+
+def checks(tokens: list[dict[str, Any]], **kw: Any) -> dict[str, access.RequesterCheck]:
+    """Each Token's requester as the operator reads it (signed stamps only), nothing lost."""
+    found = {}
+    for t in tokens:
+        stamp = admission.read_stamp(t, STAMP_KEY)
+        found[t["metadata"]["name"]] = access.RequesterCheck(
+            stamp.requester, forged=stamp.forged, **kw
+        )
+    return found
 
 
 def policy(result: access.NamespaceAccess, db: str) -> AccessPolicy:
@@ -472,7 +485,7 @@ def test_the_grant_names_its_requester_for_the_proxy() -> None:
 def test_a_requester_who_lost_bind_loses_the_grant_and_the_proxy_is_told_why() -> None:
     prod, other = database("orders", env="prod"), database("billing", env="dev")
     t = token("t", "app-rw")
-    lost = access.RequesterCheck(admission.Requester.of_token(t), ("app-rw",))
+    lost = access.RequesterCheck(admission.read_stamp(t, STAMP_KEY).requester, ("app-rw",))
     result = access.compile_namespace(
         NS, [prod, other], [APP_RW], [t], {"t": DIGEST}, NOW, {"t": lost}
     )
@@ -490,7 +503,9 @@ def test_a_requester_who_lost_bind_loses_the_grant_and_the_proxy_is_told_why() -
 
 def test_no_answer_for_a_requester_never_checked_keeps_the_grant_out() -> None:
     t = token("t", "app-rw")
-    unknown = access.RequesterCheck(admission.Requester.of_token(t), (), "503 from the API server")
+    unknown = access.RequesterCheck(
+        admission.read_stamp(t, STAMP_KEY).requester, (), "503 from the API server"
+    )
     result = access.compile_namespace(
         NS, [database("orders", env="prod")], [APP_RW], [t], {"t": DIGEST}, NOW, {"t": unknown}
     )
@@ -516,6 +531,57 @@ def test_a_token_from_before_the_webhooks_keeps_working_but_says_so() -> None:
     )
     assert strict.bundles["orders"].grants == []
     assert strict.tokens["t"].problems[0].reason == "RequesterUnverified"
+
+
+def test_an_unknown_answer_keeps_a_grant_in_force_and_says_so() -> None:
+    """An outage of the API server (or an operator restart during one) revokes nobody."""
+    t = token("t", "app-rw")
+    unknown = checks([t], unknown="503 from the API server", in_force=True)
+    result = access.compile_namespace(
+        NS, [database("orders", env="prod")], [APP_RW], [t], {"t": DIGEST}, NOW, unknown
+    )
+    assert [g.identity for g in result.bundles["orders"].grants] == ["shop/t"]
+    _, conditions = access.token_status(result.tokens["t"])
+    verified = next(c for c in conditions if c.type == "RequesterVerified")
+    assert (verified.status, verified.reason) == ("Unknown", "BindCheckFailed")
+    assert "the grant stands until the API server answers" in verified.message
+    assert next(c for c in conditions if c.type == "Ready").status == "True"
+
+
+def test_requester_annotations_the_webhook_did_not_sign_name_nobody() -> None:
+    """Written by a client while the webhooks were absent: no more than no annotations."""
+    prod = database("orders", env="prod")
+    forged = token("t", "app-rw", requester=None)
+    forged["metadata"]["annotations"] = {
+        "rdsgate.dev/requested-by": "cluster-admin",
+        "rdsgate.dev/requested-by-groups": '["system:masters"]',
+    }
+    copied = token("u", "app-rw")  # a valid stamp, copied onto another Token
+    copied["metadata"]["annotations"] = token("t", "app-rw")["metadata"]["annotations"]
+    result = compile_([prod], [APP_RW], [forged, copied])
+    assert {g.identity: g.requested_by for g in result.bundles["orders"].grants} == {
+        "shop/t": None,
+        "shop/u": None,
+    }
+    for name in ("t", "u"):
+        _, conditions = access.token_status(result.tokens[name])
+        verified = next(c for c in conditions if c.type == "RequesterVerified")
+        assert (verified.status, verified.reason) == ("False", "StampNotVerified")
+    strict = access.compile_namespace(
+        NS, [prod], [APP_RW], [forged], {"t": DIGEST}, NOW, checks([forged]), require_verified=True
+    )
+    assert strict.bundles["orders"].grants == []
+    assert "were not written by the admission webhook" in strict.tokens["t"].problems[0].message
+
+
+def test_a_bundle_without_the_new_features_is_what_earlier_proxies_load() -> None:
+    """No requester, key pair or revocation: the access file has none of their fields."""
+    result = compile_(
+        [database("orders", env="prod")], [APP_RW], [token("t", "app-rw", requester=None)]
+    )
+    text = access.bundle_yaml(result.bundles["orders"])
+    for field_name in ("requestedBy", "publicKeySha256", "revoked"):
+        assert field_name not in text
 
 
 # Tokens with their own key pair

@@ -18,10 +18,19 @@ from rdsgate.operator import admission, pki
 from rdsgate.operator.admission import Refused, Requester, Verdict
 
 ALICE = {"username": "alice", "uid": "u-1", "groups": ["devs", "system:authenticated"]}
-STAMPED = {
-    "rdsgate.dev/requested-by": "alice",
-    "rdsgate.dev/requested-by-groups": '["devs","system:authenticated"]',
-}
+KEY = admission.stamp_key(b"the CA's private key")
+#: What the mutating webhook stamps on alice's Token shop/t.
+STAMPED = admission.stamp(ALICE, KEY, "shop", "t")
+
+
+def review(
+    operation: str,
+    new: dict[str, Any] | None,
+    old: dict[str, Any] | None,
+    userinfo: dict[str, Any],
+    may_bind: admission.MayBind,
+) -> None:
+    admission.review(operation, new, old, userinfo, may_bind, KEY)
 
 
 def token(*roles: str, annotations: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
@@ -52,24 +61,83 @@ def public_pem(key: Any) -> str:
     )
 
 
-def test_the_requester_is_stamped_from_the_api_servers_user_info() -> None:
-    assert admission.stamp(ALICE) == STAMPED
-    assert Requester.of_token(token(annotations=STAMPED)) == Requester(
-        "alice", ("devs", "system:authenticated")
+def test_the_requester_is_stamped_from_the_api_servers_user_info_and_signed() -> None:
+    assert STAMPED["rdsgate.dev/requested-by"] == "alice"
+    assert STAMPED["rdsgate.dev/requested-by-groups"] == '["devs","system:authenticated"]'
+    assert admission.read_stamp(token(annotations=STAMPED), KEY) == admission.Stamp(
+        Requester("alice", ("devs", "system:authenticated"))
     )
-    assert Requester.of_token(token()) is None
+    assert admission.read_stamp(token(), KEY) == admission.Stamp(None, forged=False)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"rdsgate.dev/requested-by": "cluster-admin"},
+        {"rdsgate.dev/requested-by-groups": '["system:masters"]'},
+        {"rdsgate.dev/requested-by-signature": "0" * 64},
+        {"rdsgate.dev/requested-by-signature": None},
+    ],
+    ids=["user", "groups", "signature", "unsigned"],
+)
+def test_a_stamp_not_signed_by_the_webhook_is_not_a_requester(change: dict[str, Any]) -> None:
+    forged = {k: v for k, v in {**STAMPED, **change}.items() if v is not None}
+    assert admission.read_stamp(token(annotations=forged), KEY) == admission.Stamp(
+        None, forged=True
+    )
+    other_ca = admission.stamp_key(b"another CA's key")
+    assert admission.read_stamp(token(annotations=STAMPED), other_ca).forged
+
+
+def test_a_stamp_is_for_one_token_name_and_namespace() -> None:
+    moved = token(annotations=STAMPED)
+    moved["metadata"]["name"] = "another"
+    assert admission.read_stamp(moved, KEY).forged
+    moved = token(annotations=STAMPED)
+    moved["metadata"]["namespace"] = "prod"
+    assert admission.read_stamp(moved, KEY).forged
+
+
+def test_a_server_side_apply_that_leaves_the_stamp_out_gets_it_back() -> None:
+    old = token("app-ro", annotations={**STAMPED, "team": "a"})
+    applied = token("app-ro", annotations={"team": "b"})
+    assert admission.restored(applied, old) == STAMPED
+    assert admission.restored(token("app-ro", annotations=STAMPED), old) == {}
+    assert admission.restored(token("app-ro"), token("app-ro")) == {}
+
+
+def test_a_new_ttl_is_a_new_grant_and_needs_bind() -> None:
+    old = token("app-rw", annotations=STAMPED, ttl="1h")
+    bob = {"username": "bob", "groups": []}
+    for new_ttl in ("30d", None):
+        new = token("app-rw", annotations=STAMPED)
+        if new_ttl:
+            new["spec"]["ttl"] = new_ttl
+        with pytest.raises(Refused) as refused:
+            review("UPDATE", new, old, bob, binds())
+        assert refused.value.message.startswith('bob may not bind Role "app-rw"')
+    review("UPDATE", token("app-rw", annotations=STAMPED, ttl="30d"), old, bob, binds("app-rw"))
+
+
+def test_a_review_without_its_objects_is_refused() -> None:
+    for operation, new, old in [
+        ("CREATE", None, None),
+        ("UPDATE", token("r", annotations=STAMPED), None),
+        ("DELETE", token("r"), token("r")),
+    ]:
+        with pytest.raises(Refused) as refused:
+            review(operation, new, old, ALICE, binds("*"))
+        assert refused.value.code == 500
 
 
 def test_creating_a_token_needs_bind_on_each_role() -> None:
     asked: list[tuple[str, str, str]] = []
-    admission.review(
+    review(
         "CREATE", token("app-ro", annotations=STAMPED), None, ALICE, binds("app-ro", asked=asked)
     )
     assert asked == [("alice", "shop", "app-ro")]
     with pytest.raises(Refused) as refused:
-        admission.review(
-            "CREATE", token("app-rw", annotations=STAMPED), None, ALICE, binds("app-ro")
-        )
+        review("CREATE", token("app-rw", annotations=STAMPED), None, ALICE, binds("app-ro"))
     assert refused.value.code == 403
     assert refused.value.message == (
         'alice may not bind Role "app-rw" in namespace "shop" '
@@ -79,7 +147,7 @@ def test_creating_a_token_needs_bind_on_each_role() -> None:
 
 def test_the_refusal_names_every_role_missing() -> None:
     with pytest.raises(Refused) as refused:
-        admission.review(
+        review(
             "CREATE",
             token("app-ro", "app-rw", "admin", annotations=STAMPED),
             None,
@@ -97,7 +165,7 @@ def test_no_answer_from_the_api_server_refuses_and_says_to_retry() -> None:
         return Verdict(None, "connection refused")
 
     with pytest.raises(Refused) as refused:
-        admission.review("CREATE", token("app-ro", annotations=STAMPED), None, ALICE, down)
+        review("CREATE", token("app-ro", annotations=STAMPED), None, ALICE, down)
     assert refused.value.code == 503
     assert "connection refused" in refused.value.message
 
@@ -107,7 +175,7 @@ def test_a_token_without_the_stamp_is_refused_fail_closed() -> None:
     forged = {**STAMPED, "rdsgate.dev/requested-by": "bob"}
     for stamp in ({}, forged):
         with pytest.raises(Refused) as refused:
-            admission.review("CREATE", token("app-ro", annotations=stamp), None, ALICE, binds("*"))
+            review("CREATE", token("app-ro", annotations=stamp), None, ALICE, binds("*"))
         assert "requester.tokens.rdsgate.dev did not run" in refused.value.message
 
 
@@ -115,7 +183,7 @@ def test_an_update_adding_a_role_needs_bind_on_that_role_only() -> None:
     old = token("app-ro", annotations=STAMPED)
     bob = {"username": "bob", "groups": ["oncall"]}
     asked: list[tuple[str, str, str]] = []
-    admission.review(
+    review(
         "UPDATE",
         token("app-ro", "app-rw", annotations=STAMPED),
         old,
@@ -124,9 +192,7 @@ def test_an_update_adding_a_role_needs_bind_on_that_role_only() -> None:
     )
     assert asked == [("bob", "shop", "app-rw")]
     with pytest.raises(Refused) as refused:
-        admission.review(
-            "UPDATE", token("app-ro", "app-rw", annotations=STAMPED), old, bob, binds()
-        )
+        review("UPDATE", token("app-ro", "app-rw", annotations=STAMPED), old, bob, binds())
     assert refused.value.message.startswith('bob may not bind Role "app-rw" in namespace "shop"')
 
 
@@ -136,9 +202,7 @@ def test_an_update_that_keeps_the_roles_asks_nothing() -> None:
     new = token("app-rw", annotations={**STAMPED, "rdsgate.dev/last-handled-configuration": "{}"})
     new["metadata"]["finalizers"] = ["rdsgate.dev/finalizer"]
     asked: list[tuple[str, str, str]] = []
-    admission.review(
-        "UPDATE", new, old, {"username": "system:serviceaccount:rdsgate:op"}, binds(asked=asked)
-    )
+    review("UPDATE", new, old, {"username": "system:serviceaccount:rdsgate:op"}, binds(asked=asked))
     assert asked == []
 
 
@@ -154,7 +218,7 @@ def test_an_update_that_keeps_the_roles_asks_nothing() -> None:
 )
 def test_the_requester_annotations_never_change(annotations: dict[str, str]) -> None:
     with pytest.raises(Refused) as refused:
-        admission.review(
+        review(
             "UPDATE",
             token("app-rw", annotations=annotations),
             token("app-rw", annotations=STAMPED),
@@ -169,9 +233,7 @@ def test_the_requester_annotations_never_change(annotations: dict[str, str]) -> 
 
 def test_a_token_from_before_the_webhooks_cannot_be_given_a_requester() -> None:
     with pytest.raises(Refused):
-        admission.review(
-            "UPDATE", token("app-rw", annotations=STAMPED), token("app-rw"), ALICE, binds("*")
-        )
+        review("UPDATE", token("app-rw", annotations=STAMPED), token("app-rw"), ALICE, binds("*"))
 
 
 def test_who_holds_the_grant_never_changes() -> None:
@@ -190,7 +252,7 @@ def test_who_holds_the_grant_never_changes() -> None:
     ]
     for old, new in cases:
         with pytest.raises(Refused) as refused:
-            admission.review("UPDATE", new, old, ALICE, binds("*"))
+            review("UPDATE", new, old, ALICE, binds("*"))
         assert "cannot be changed; create a new Token instead" in refused.value.message
 
 
@@ -204,7 +266,7 @@ KEYS: list[tuple[str, Callable[[], Any]]] = [
 
 @pytest.mark.parametrize(("what", "make"), KEYS, ids=[k[0] for k in KEYS])
 def test_accepted_public_keys(what: str, make: Callable[[], Any]) -> None:
-    admission.review(
+    review(
         "CREATE",
         token("r", annotations=STAMPED, publicKey=public_pem(make())),
         None,
@@ -255,9 +317,7 @@ def test_accepted_public_keys(what: str, make: Callable[[], Any]) -> None:
 )
 def test_refused_public_keys_say_why(make: Callable[[], str], reason: str) -> None:
     with pytest.raises(Refused) as refused:
-        admission.review(
-            "CREATE", token("r", annotations=STAMPED, publicKey=make()), None, ALICE, binds("*")
-        )
+        review("CREATE", token("r", annotations=STAMPED, publicKey=make()), None, ALICE, binds("*"))
     assert refused.value.code == 422
     assert refused.value.message.startswith("spec.publicKey: ")
     assert reason in refused.value.message
@@ -268,7 +328,7 @@ def test_refused_public_keys_say_why(make: Callable[[], str], reason: str) -> No
 def test_a_public_key_and_a_service_account_exclude_each_other() -> None:
     key = public_pem(ec.generate_private_key(ec.SECP256R1()))
     with pytest.raises(Refused) as refused:
-        admission.review(
+        review(
             "CREATE",
             token(
                 "r", annotations=STAMPED, publicKey=key, subject={"serviceAccount": {"name": "web"}}
@@ -282,7 +342,10 @@ def test_a_public_key_and_a_service_account_exclude_each_other() -> None:
 
 def test_groups_annotation_is_compact_json() -> None:
     stamped = admission.stamp(
-        {"username": "arn:aws:sts::111122223333:assumed-role/Dev/alice", "groups": ["a", "b"]}
+        {"username": "arn:aws:sts::111122223333:assumed-role/Dev/alice", "groups": ["a", "b"]},
+        KEY,
+        "shop",
+        "t",
     )
     assert json.loads(stamped["rdsgate.dev/requested-by-groups"]) == ["a", "b"]
     assert stamped["rdsgate.dev/requested-by"] == "arn:aws:sts::111122223333:assumed-role/Dev/alice"

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from rdsgate.operator import ca, pki
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from rdsgate.operator import ca, pki, render
 
 DIGEST = "0123456789abcdef" * 4
 
@@ -69,3 +72,43 @@ def test_signed_by_checks_the_signature_not_just_the_name() -> None:
     assert pair.cert.issuer == CA.cert.subject
     assert not ca.signed_by(pair.cert, CA)
     assert ca.signed_by(pki.issue_client_cert(CA, "shop/app", secret_sha256=DIGEST).cert, CA)
+
+
+# Certificates for a Token's own key (spec.publicKey)
+
+KEY = ec.generate_private_key(ec.SECP256R1()).public_key()
+BINDING = "cd" * 32
+
+
+def test_a_key_certificate_lives_twelve_hours_or_until_the_token_expires() -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    cert, issued = render.key_certificate(None, CA, KEY, "shop/t", BINDING, None, now)
+    assert issued and pki.not_after(cert) == now + timedelta(hours=12)
+    soon = now + timedelta(hours=2)
+    cert, issued = render.key_certificate(None, CA, KEY, "shop/t", BINDING, soon, now)
+    assert issued and pki.not_after(cert) == soon
+
+
+def test_a_key_certificate_is_kept_while_current_and_renewed_when_due() -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    first, _ = render.key_certificate(None, CA, KEY, "shop/t", BINDING, None, now)
+    same, issued = render.key_certificate(
+        first.decode(), CA, KEY, "shop/t", BINDING, None, now + timedelta(hours=7)
+    )
+    assert (same, issued) == (first, False)
+    renewed, issued = render.key_certificate(
+        first.decode(), CA, KEY, "shop/t", BINDING, None, now + timedelta(hours=9)
+    )
+    assert issued and renewed != first  # past 2/3 of 12 hours
+    other_key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    changes: list[dict[str, Any]] = [
+        {"key": other_key},
+        {"digest": "ef" * 32},
+        {"ca": pki.make_ca("another CA")},
+    ]
+    for changed in changes:
+        args: dict[str, Any] = {"key": KEY, "digest": BINDING, "ca": CA} | changed
+        _, issued = render.key_certificate(
+            first.decode(), args["ca"], args["key"], "shop/t", args["digest"], None, now
+        )
+        assert issued, changed

@@ -607,3 +607,45 @@ def test_an_unusable_ca_secret_stops_the_operator_with_a_message(tmp_path: Path)
         assert "Traceback" not in done.stderr
     finally:
         server.stop()
+
+
+def test_the_ca_config_map_is_always_the_operators(
+    api: Api, namespace: str, rdsgate_operator: OperatorProcess
+) -> None:
+    """People verify the proxies with `rdsgate-ca`: one made or edited by someone else is
+    taken over, as Kubernetes keeps kube-root-ca.crt."""
+    ns, op = namespace, rdsgate_operator
+    forged = "-----BEGIN CERTIFICATE-----\nnot the rdsgate CA\n-----END CERTIFICATE-----\n"
+    api.create(
+        {
+            "kind": "ConfigMap",
+            "metadata": {"name": "rdsgate-ca", "namespace": ns},
+            "data": {"ca.crt": forged},
+        }
+    )
+    api.create(example("database.yaml", ns))
+    ca_secret = api.get("Secret", "rdsgate-system", "rdsgate-ca")
+    assert ca_secret is not None
+    real = base64.b64decode(ca_secret["data"]["tls.crt"]).decode()
+
+    def ca_in_config_map() -> str | None:
+        found = api.get("ConfigMap", ns, "rdsgate-ca")
+        value = (found or {}).get("data", {}).get("ca.crt")
+        return str(value) if value is not None else None
+
+    wait_for(lambda: ca_in_config_map() == real, "the operator's CA in rdsgate-ca", 20, op.tail)
+    taken = api.get("ConfigMap", ns, "rdsgate-ca")
+    assert taken is not None
+    assert taken["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "rdsgate-operator"
+    assert [r["name"] for r in taken["metadata"]["ownerReferences"]] == ["orders"]
+    # Edited again, even with its label removed: put back.
+    api.patch(
+        "ConfigMap",
+        ns,
+        "rdsgate-ca",
+        {
+            "metadata": {"labels": {"app.kubernetes.io/managed-by": None}},
+            "data": {"ca.crt": forged},
+        },
+    )
+    wait_for(lambda: ca_in_config_map() == real, "the CA to be put back", 20, op.tail)

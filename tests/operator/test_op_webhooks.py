@@ -13,9 +13,12 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import ssl
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from rdsgate.lab.postgres import free_port
 from rdsgate.operator import access, pki
 from rdsgate.proxy.access import parse_access
 from tests.fixtures.k8s import (
@@ -34,6 +38,7 @@ from tests.fixtures.k8s import (
     ApiServer,
     OperatorProcess,
     start_gated_operator,
+    start_operator,
     wait_for,
 )
 
@@ -148,7 +153,7 @@ def test_the_operator_registers_both_webhooks_failing_closed(
     (stamp,) = mutating["webhooks"]
     assert (check["name"], stamp["name"]) == ("tokens.rdsgate.dev", "requester.tokens.rdsgate.dev")
     assert check["rules"][0]["operations"] == ["CREATE", "UPDATE"]
-    assert stamp["rules"][0]["operations"] == ["CREATE"]
+    assert stamp["rules"][0]["operations"] == ["CREATE", "UPDATE"]
     for hook in (check, stamp):
         assert (hook["failurePolicy"], hook["sideEffects"]) == ("Fail", "None")
         assert hook["rules"][0]["resources"] == ["tokens"]
@@ -190,8 +195,12 @@ def test_an_update_that_adds_a_role_needs_bind_on_it(k8s: ApiServer, ns: str) ->
         )
     )
     assert 'carol may not bind Role "app-rw"' in refused.message
-    # erin may update Tokens: a ttl edit needs no bind, adding a Role does.
-    as_user(k8s, "erin").patch("Token", ns, "t", {"spec": {"ttl": "2h"}})
+    # erin may update Tokens: a label edit needs no bind; a ttl (a longer grant) or a Role does.
+    as_user(k8s, "erin").patch("Token", ns, "t", {"metadata": {"labels": {"team": "a"}}})
+    refused = refusal(
+        lambda: as_user(k8s, "erin").patch("Token", ns, "t", {"spec": {"ttl": "30d"}})
+    )
+    assert 'erin may not bind Role "app-ro"' in refused.message
     as_user(k8s, "dave").patch("Token", ns, "t", {"spec": {"roles": ["app-ro", "app-rw"]}})
     stored = Api(k8s.url).get("Token", ns, "t")
     assert stored is not None
@@ -217,7 +226,10 @@ def test_the_requester_cannot_be_forged_or_changed(k8s: ApiServer, ns: str) -> N
         "system:authenticated",
     ]
     assert annotations["team"] == "analytics", "other annotations are the client's"
-    for change in ({"rdsgate.dev/requested-by": "dave"}, {"rdsgate.dev/requested-by-groups": None}):
+    for change in (
+        {"rdsgate.dev/requested-by": "dave"},
+        {"rdsgate.dev/requested-by-groups": '["system:masters"]'},
+    ):
         refused = refusal(
             lambda change=change: api.patch(
                 "Token", ns, "forged", {"metadata": {"annotations": change}}
@@ -225,6 +237,23 @@ def test_the_requester_cannot_be_forged_or_changed(k8s: ApiServer, ns: str) -> N
         )
         assert refused.status == 422
         assert "records who created this Token and cannot be changed or removed" in refused.message
+
+    # An update that leaves the stamp out (a server-side apply of the original manifest, a
+    # `kubectl replace`) keeps it: the mutating webhook puts it back.
+    def replace_without_the_stamp() -> dict[str, Any] | None:
+        stored = api.get("Token", ns, "forged")
+        assert stored is not None
+        stored["metadata"]["annotations"] = {"team": "b"}
+        try:
+            return api.replace(stored)
+        except ApiError as exc:
+            if exc.status == 409:  # the operator wrote it meanwhile: read it again
+                return None
+            raise
+
+    replaced = wait_for(replace_without_the_stamp, "a replace without the stamp", 10)
+    kept = {k: v for k, v in replaced["metadata"]["annotations"].items() if k in annotations}
+    assert kept == {**annotations, "team": "b"}
 
 
 def public_pem(key: Any) -> str:
@@ -264,8 +293,9 @@ def test_a_key_pair_token_gets_a_certificate_and_no_secret(
     status = stored["status"]
     cert = x509.load_pem_x509_certificate(status["certificate"].encode())
     assert pki.public_key_der(cert.public_key()) == pki.public_key_der(private.public_key())  # type: ignore[arg-type]
-    now = datetime.now(UTC)
-    assert cert.not_valid_after_utc <= now + timedelta(hours=12, minutes=1)
+    created = datetime.strptime(stored["metadata"]["creationTimestamp"], "%Y-%m-%dT%H:%M:%SZ")
+    # At most the Token's remaining ttl (3h), and never more than 12 hours.
+    assert cert.not_valid_after_utc == created.replace(tzinfo=UTC) + timedelta(hours=3)
     assert status["certificateNotAfter"] == cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert (status["subject"], status.get("secretName"), status["requestedBy"]) == (
         "publickey",
@@ -338,3 +368,86 @@ def test_the_webhooks_count_their_answers(
         and 'result="refused"' in line
     ]
     assert refused and float(refused[0].rsplit(" ", 1)[1]) >= 1
+
+
+def post_review(url: str, ca_bundle: str, path: str) -> dict[str, Any]:
+    review = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "u-1",
+            "kind": {"group": "rdsgate.dev", "version": "v1alpha1", "kind": "Token"},
+            "resource": {"group": "rdsgate.dev", "version": "v1alpha1", "resource": "tokens"},
+            "operation": "CREATE",
+            "namespace": "shop",
+            "userInfo": {"username": "mallory"},
+            "object": token("shop", "t", "app-rw"),
+        },
+    }
+    context = ssl.create_default_context(cadata=base64.b64decode(ca_bundle).decode())
+    request = urllib.request.Request(  # noqa: S310 - https only
+        url + path,
+        data=json.dumps(review).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, context=context, timeout=10) as resp:  # noqa: S310
+        answer: dict[str, Any] = json.loads(resp.read())
+    return answer
+
+
+def test_a_path_the_server_has_no_webhook_for_refuses(
+    k8s: ApiServer, operator: OperatorProcess
+) -> None:
+    """kopf would answer a path without a handler "allowed": the server refuses instead."""
+    config = Api(k8s.url).get("ValidatingWebhookConfiguration", None, CONFIGURATION)
+    assert config is not None
+    client = config["webhooks"][0]["clientConfig"]
+    base = client["url"].removesuffix("/validate-tokens")
+    answer = post_review(base, client["caBundle"], "/rdsgate/validate-tokens")
+    assert answer["response"]["allowed"] is False
+    assert "no webhook at 'rdsgate/validate-tokens'" in answer["response"]["status"]["message"]
+
+
+def test_an_admission_url_with_a_path_serves_under_it(
+    k8s: ApiServer, operator: OperatorProcess, tmp_path: Path
+) -> None:
+    """`--admission-url https://HOST:PORT/PATH`: registered and served under PATH."""
+    api = Api(k8s.url)
+    port = free_port()
+    other = start_operator(
+        k8s,
+        tmp_path,
+        "--admission-listen", f"127.0.0.1:{port}",
+        "--admission-url", f"https://127.0.0.1:{port}/hooks/rdsgate",
+        "--admission-configuration", "rdsgate-tokens-path",
+    )  # fmt: skip
+    try:
+        config = wait_for(
+            partial(api.get, "ValidatingWebhookConfiguration", None, "rdsgate-tokens-path"),
+            "the second configuration",
+            30,
+            other.tail,
+        )
+        client = config["webhooks"][0]["clientConfig"]
+        assert client["url"] == f"https://127.0.0.1:{port}/hooks/rdsgate/validate-tokens"
+        answer = wait_for(
+            lambda: _answered(client["url"], client["caBundle"]), "the server", 20, other.tail
+        )
+        response = answer["response"]
+        assert response["allowed"] is False
+        assert (
+            "the mutating webhook requester.tokens.rdsgate.dev did not run"
+            in (response["status"]["message"])
+        )
+    finally:
+        other.stop()
+        for kind in ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"):
+            api.delete(kind, None, "rdsgate-tokens-path")
+
+
+def _answered(url: str, ca_bundle: str) -> dict[str, Any] | None:
+    try:
+        return post_review(url, ca_bundle, "")
+    except OSError:
+        return None

@@ -285,3 +285,22 @@ def test_a_token_with_its_own_key_logs_in_with_the_signed_certificate_only(
     assert (
         "HINT:  the Token was re-created: use the certificate in its status.certificate" in stderr
     )
+
+
+def test_a_certificate_of_a_withdrawn_grant_is_told_why(
+    start_proxy: Callable[..., RunningProxy], lab_ca: LabCA, tmp_path: Path
+) -> None:
+    why = 'alice may no longer bind Role "orders-rw" in namespace "shop"'
+    doc = copy.deepcopy(DEFAULT_ACCESS)
+    doc["grants"] = [g for g in doc["grants"] if g["identity"] != "shop/orders-app"]
+    doc["revoked"] = [{"identity": "shop/orders-app", "reason": why}]
+    proxy = start_proxy(access=doc)
+    kp = pki.issue_client_cert(lab_ca.keypair, "shop/orders-app", secret_sha256=APP)
+    mark = len(proxy.audit)
+    out = psql(proxy.dsn(password=None, **cert_files(tmp_path, kp)))
+    assert out.returncode != 0
+    assert (
+        f"FATAL:  client certificate for 'shop/orders-app': access withdrawn: {why}" in out.stderr
+    )
+    denied = proxy.wait_audit("auth.denied", start=mark)
+    assert denied["reason"].endswith(why)
