@@ -51,7 +51,7 @@ from .exitcodes import (
     EXIT_TIMEOUT,
     EXIT_USAGE,
 )
-from .keypair import cache_dir, key_pair
+from .keypair import cache_dir, issued_by, key_pair
 from .kubeapi import custom_path
 from .progress import Backoff, Progress
 from .resources import (
@@ -71,7 +71,7 @@ from .resources import (
     token_expires_at,
     unique,
 )
-from .tokens import obtain_token, read_ca, requested_by
+from .tokens import CA_CONFIG_MAP, obtain_token, read_ca, requested_by
 
 if TYPE_CHECKING:
     from .portforward import PortForwarder
@@ -624,6 +624,14 @@ def run_connect(args: argparse.Namespace) -> int:
         f"{'Reusing' if grantee.reused else 'Created'} Token {ns}/{token_name} "
         f"(roles {', '.join(roles)}" + (f"; expires {_when(expires)}" if expires else "") + ")"
     )
+    if not issued_by(grantee.certificate.pem, ca_pem):
+        raise CliError(
+            f"the ConfigMap {ns}/{CA_CONFIG_MAP} does not hold the CA that signed your "
+            f"certificate (status.certificate of Token {ns}/{token_name}): not trusting it to "
+            "verify the proxy. Someone changed it; the operator puts it back within moments, "
+            "or ask an administrator",
+            EXIT_ERROR,
+        )
     ca_file = keys.save_ca(ca_pem)
     cert_file = keys.save_certificate(token_name, grantee.certificate.pem)
     forwarder: PortForwarder | None = None

@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -195,3 +196,16 @@ def parse_certificate(pem: object) -> Certificate | None:
     except ValueError:
         return None
     return Certificate(pem, public_pem(cert), cert.not_valid_after_utc)
+
+
+def issued_by(cert_pem: str, ca_pem: str) -> bool:
+    """Whether `ca_pem` signed `cert_pem`: the certificate in a Token's status is written by
+    the operator alone (the status subresource), the CA ConfigMap by whoever may edit
+    ConfigMaps, so the first vouches for the second before psql trusts it."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem.encode())
+        ca = x509.load_pem_x509_certificate(ca_pem.encode())
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True

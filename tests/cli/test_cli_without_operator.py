@@ -13,6 +13,7 @@ import socket
 import stat
 import subprocess
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from rdsgate.lab.postgres import free_port
+from rdsgate.operator import pki
 from rdsgate.operator.cli.errors import CliError
 from rdsgate.operator.cli.kubeconfig import connect
 from rdsgate.operator.cli.portforward import PortForwarder
@@ -251,6 +253,73 @@ def test_a_namespace_without_the_ca_config_map_is_named(
     ) in " ".join(err.split())
     assert api.objects("Token", ns) == []
     assert not (tmp_path / "rdsgate").exists()  # no key made either
+
+
+def test_a_ca_config_map_that_did_not_sign_the_certificate_is_not_trusted(
+    k8s: ApiServer, kubeconfig: Path, tmp_path: Path, lab_ca: LabCA
+) -> None:
+    """Whoever may edit ConfigMaps could put their own CA in rdsgate-ca (to stand a fake
+    proxy in front of the person); the certificate in the Token's status, which only the
+    operator writes, must chain to it, or nothing is trusted."""
+    api = Api(k8s.url)
+    ns = "forged-ca"
+    api.create(
+        {
+            "apiVersion": "rdsgate.dev/v1alpha1",
+            "kind": "Database",
+            "metadata": {"name": "orders", "namespace": ns, "labels": {"env": "test"}},
+            "spec": {"endpoint": "orders.proxy-x.eu-west-1.rds.amazonaws.com:5432"},
+        }
+    )
+    ready = {"type": "Ready", "status": "True", "reason": "ProxiesReady", "message": "serving"}
+    api.patch("Database", ns, "orders", {"status": {"conditions": [ready]}}, sub="status")
+    api.create({**ROLES[0], "metadata": {"name": "app-rw", "namespace": ns}})
+    impostor = pki.make_ca("not the rdsgate CA")
+    api.create(
+        {
+            "kind": "ConfigMap",
+            "metadata": {"name": "rdsgate-ca", "namespace": ns},
+            "data": {"ca.crt": impostor.cert_pem.decode()},
+        }
+    )
+    process = start_connect(kubeconfig, tmp_path, "-n", ns, "--timeout", "30s")
+    try:
+        token = wait_for(lambda: api.objects("Token", ns), "the CLI's Token", 20)[0]
+        name = token["metadata"]["name"]
+        key = pki.load_public_key(token["spec"]["publicKey"])
+        cert = pki.sign_client_cert(
+            lab_ca.keypair,  # the real CA, which the ConfigMap does not hold
+            key,
+            f"{ns}/{name}",
+            binding_sha256="ab" * 32,
+            not_after=datetime.now(UTC) + timedelta(hours=1),
+        )
+        granted = {"type": "Ready", "status": "True", "reason": "Granted", "message": "ok"}
+        api.patch(
+            "Token",
+            ns,
+            name,
+            {
+                "status": {
+                    "conditions": [granted],
+                    "databases": ["orders"],
+                    "certificate": cert.decode(),
+                    "expiresAt": (datetime.now(UTC) + timedelta(hours=1)).strftime(
+                        "%Y-%m-%dT%H:%M:%SZ"
+                    ),
+                }
+            },
+            sub="status",
+        )
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 1, err
+    assert out == ""
+    assert (
+        f"error: the ConfigMap {ns}/rdsgate-ca does not hold the CA that signed your "
+        f"certificate (status.certificate of Token {ns}/{name}): not trusting it"
+    ) in " ".join(err.split())
 
 
 def service_and_pod(api: Api, name: str, port: int, *, ready: bool) -> None:
