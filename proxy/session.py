@@ -402,6 +402,16 @@ class Session:
     # ending
 
     def _fail(self, exc: ProxyError) -> None:
+        refused = (
+            exc
+            if isinstance(
+                exc, AuthenticationFailed | AccessDenied | TooManyConnections | TLSRequired
+            )
+            else None
+        )
+        if refused is not None:
+            # Counted before the client can read the refusal (and look at /metrics).
+            self.server.metrics.auth_failures.labels(refused.reason).inc()
         stream = self.stream
         if not stream.closed and not isinstance(exc, TLSHandshakeFailed):
             stream.write(
@@ -417,10 +427,9 @@ class Session:
         server = self.server
         fields = self.fields()
         denied = dict(fields, reason=exc.message, sqlstate=exc.sqlstate)
-        if isinstance(exc, AuthenticationFailed | AccessDenied | TooManyConnections | TLSRequired):
-            server.metrics.auth_failures.labels(exc.reason).inc()
+        if refused is not None:
             server.audit.emit("auth.denied", denied)
-            self._end(exc.reason, error=exc.message)
+            self._end(refused.reason, error=exc.message)
         elif isinstance(exc, SessionTerminated) and self.closing is not None:
             self._end(self._closing_reason, error=exc.message)
         else:
