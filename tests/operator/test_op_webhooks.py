@@ -46,6 +46,7 @@ USERS = {
     "carol-token": {"username": "carol", "groups": ["analytics", "system:authenticated"]},
     "dave-token": {"username": "dave", "groups": ["oncall", "system:authenticated"]},
     "erin-token": {"username": "erin", "groups": ["system:authenticated"]},
+    "frank-token": {"username": "frank", "groups": ["platform", "system:authenticated"]},
 }
 CONFIGURATION = "rdsgate-tokens"
 
@@ -69,8 +70,9 @@ _namespaces = itertools.count(1)
 @pytest.fixture
 def ns(k8s: ApiServer, operator: OperatorProcess) -> str:
     """A namespace with a Database, the Roles app-rw and app-ro, and RBAC for the people:
-    carol may bind app-ro by name, dave every Role (no resourceNames), erin nothing; all
-    three may create Tokens (the chart's rdsgate-edit, aggregated into `edit`)."""
+    carol may bind app-ro by name, dave every Role (no resourceNames), frank anything (`*`
+    resources and verbs), erin nothing; all may create Tokens (the chart's rdsgate-edit,
+    aggregated into `edit`)."""
     name = f"webhooks-{next(_namespaces)}"
     api = Api(k8s.url)
     for example in ("database.yaml", "role-app-rw.yaml", "role-app-ro.yaml"):
@@ -97,6 +99,7 @@ def ns(k8s: ApiServer, operator: OperatorProcess) -> str:
     binds = {
         "carol": {"resources": ["roles"], "resourceNames": ["app-ro"], "verbs": ["bind"]},
         "dave": {"resources": ["roles"], "verbs": ["bind"]},
+        "frank": {"resources": ["*"], "verbs": ["*"]},
     }
     for user, rule in binds.items():
         api.create(
@@ -108,7 +111,7 @@ def ns(k8s: ApiServer, operator: OperatorProcess) -> str:
             }
         )
         api.create(binding(name, f"bind-{user}", "Role", user))
-    for user in ("carol", "dave", "erin"):
+    for user in ("carol", "dave", "erin", "frank"):
         api.create(binding(name, f"edit-{user}", "ClusterRole", user, role="edit"))
     return name
 
@@ -175,6 +178,7 @@ def test_binding_by_name_and_by_any_name(k8s: ApiServer, ns: str) -> None:
         '"app-rw" in namespace "' + ns + '" (needs verb bind on roles.rdsgate.dev "app-rw")'
     )
     as_user(k8s, "dave").create(token(ns, "dave-both", "app-ro", "app-rw"))
+    as_user(k8s, "frank").create(token(ns, "frank-both", "app-ro", "app-rw"))  # `*` rules
     refused = refusal(lambda: as_user(k8s, "erin").create(token(ns, "erin", "app-ro", "app-rw")))
     assert refused.message.endswith(
         f'erin may not bind Roles "app-ro" and "app-rw" in namespace "{ns}" '
