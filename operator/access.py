@@ -44,10 +44,10 @@ from rdsgate.proxy.access import (
     Rule,
     ServiceAccountRef,
 )
-from rdsgate.proxy.durations import parse_duration
+from rdsgate.proxy.durations import format_duration, parse_duration
 
-from . import pki
-from .admission import Requester, bind_refusal
+from . import admission, pki
+from .admission import Decision, Requester, bind_refusal
 from .ca import b64
 from .objects import labels_of, meta_of, name_of, spec_of, spec_problems
 from .status import Condition, InvalidSpec, Problem, ReferenceNotFound, parse_timestamp, timestamp
@@ -186,10 +186,43 @@ def rule_summary(rule: Rule, *, allow: bool) -> str:
 # Tokens
 
 
-def token_expiry(token: Mapping[str, Any], now: datetime) -> datetime | None:
-    """When the Token expires: `status.expiresAt` once set, else creation + `spec.ttl`.
+def spec_ttl(token: Mapping[str, Any]) -> float | None:
+    """`spec.ttl` in seconds; InvalidSpec for one that is not a duration (the CRD's pattern
+    normally stops it)."""
+    ttl = spec_of(token).get("ttl")
+    if ttl is None:
+        return None
+    try:
+        return parse_duration(str(ttl))
+    except ValueError as exc:
+        raise InvalidSpec(f"spec.ttl: {exc}") from exc
 
-    Raises InvalidSpec for a ttl that is not a duration (the CRD's pattern normally stops it).
+
+def _ttl_start(token: Mapping[str, Any], now: datetime) -> datetime | None:
+    """When the TTL starts running: at the approval of a Token that was decided on, not at
+    all while a requested one waits, else at creation."""
+    annotations = meta_of(token).get("annotations") or {}
+    decided = annotations.get(admission.DECIDED_AT)
+    if isinstance(decided, str):
+        with contextlib.suppress(ValueError):
+            return parse_timestamp(decided)
+    if annotations.get(admission.REQUEST_REASON):
+        return None
+    created = meta_of(token).get("creationTimestamp")
+    if isinstance(created, str):
+        with contextlib.suppress(ValueError):
+            return parse_timestamp(created)
+    return now
+
+
+def token_expiry(
+    token: Mapping[str, Any], now: datetime, cap: float | None = None
+) -> datetime | None:
+    """When the Token expires: `status.expiresAt` once set, else the start of its TTL (see
+    `_ttl_start`) + `spec.ttl`, cut to `cap` seconds (a Role's maxTokenTTL). None: no end, or
+    not yet known (a request waiting for its approval).
+
+    Raises InvalidSpec for a ttl that is not a duration.
     """
     status = token.get("status")
     if isinstance(status, Mapping) and isinstance(status.get("expiresAt"), str):
@@ -197,18 +230,14 @@ def token_expiry(token: Mapping[str, Any], now: datetime) -> datetime | None:
             return parse_timestamp(status["expiresAt"])
         except ValueError:
             pass
-    ttl = spec_of(token).get("ttl")
-    if ttl is None:
+    seconds = spec_ttl(token)
+    if cap is not None:
+        seconds = cap if seconds is None else min(seconds, cap)
+    if seconds is None:
         return None
-    try:
-        seconds = parse_duration(str(ttl))
-    except ValueError as exc:
-        raise InvalidSpec(f"spec.ttl: {exc}") from exc
-    created = meta_of(token).get("creationTimestamp")
-    start = now
-    if isinstance(created, str):
-        with contextlib.suppress(ValueError):
-            start = parse_timestamp(created)
+    start = _ttl_start(token, now)
+    if start is None:
+        return None
     return (start + timedelta(seconds=seconds)).replace(microsecond=0)
 
 
@@ -269,6 +298,38 @@ class RequesterCheck:
     forged: bool = False
     #: The grant is in force now (in an access bundle): an unknown answer does not end it.
     in_force: bool = False
+    #: Roles the requester may only `request` (not `bind`): the Token waits for an approval.
+    requested: tuple[str, ...] = ()
+    #: The approval or denial the webhook signed, if any; unsigned decision annotations.
+    decision: Decision | None = None
+    decision_forged: bool = False
+
+
+class ApprovalPending(Problem):
+    reason = "ApprovalPending"
+
+
+class AccessDenied(Problem):
+    reason = "AccessDenied"
+
+
+class RequestExpired(Problem):
+    reason = "RequestExpired"
+
+
+@dataclass(frozen=True)
+class Approval:
+    """Where a Token stands on approval: `state` is the Approved condition's reason."""
+
+    state: str  # NotRequired, Pending, Approved, Denied, Expired
+    roles: tuple[str, ...] = ()  # what it waits for approval of
+    decision: Decision | None = None
+    request_reason: str | None = None
+    deadline: datetime | None = None  # a pending request expires then
+
+    @property
+    def approved(self) -> bool:
+        return self.state == "Approved"
 
 
 #: What the operator knows about a Token's secret credential: its digest, or why there is none.
@@ -293,6 +354,10 @@ class TokenFindings:
     forged_stamp: bool = False
     #: The API server could not say whether the requester may still bind (the grant stands).
     unchecked: str | None = None
+    approval: Approval = field(default_factory=lambda: Approval("NotRequired"))
+    #: The TTL in force, and what cut spec.ttl to it (a Role's maxTokenTTL), if anything.
+    ttl: float | None = None
+    ttl_cut_by: str | None = None
     #: A Token with `spec.publicKey`: its client certificate (PEM) and when that ends, set by
     #: the handlers once the grant is known.
     certificate: tuple[bytes, datetime] | None = None
@@ -347,6 +412,73 @@ def _requester_problems(
     return [], None
 
 
+def _ttl_cap(wanted: Sequence[str], roles: Mapping[str, CompiledRole]) -> tuple[float, str] | None:
+    """The shortest maxTokenTTL of the Token's Roles, and which Role says so."""
+    caps = [
+        (float(c.role.options.max_token_ttl), name)
+        for name in wanted
+        if (c := roles.get(name)) is not None
+        and c.role is not None
+        and c.role.options.max_token_ttl is not None
+    ]
+    return min(caps) if caps else None
+
+
+def _approval(
+    token: Mapping[str, Any],
+    wanted: Sequence[str],
+    roles: Mapping[str, CompiledRole],
+    check: RequesterCheck,
+    now: datetime,
+    request_timeout: timedelta,
+) -> Approval:
+    needing = tuple(
+        name
+        for name in wanted
+        if (c := roles.get(name)) is not None
+        and c.role is not None
+        and c.role.options.require_approval
+    )
+    needing = needing or check.requested
+    reason = admission.request_reason(token)
+    if not needing:
+        return Approval("NotRequired", request_reason=reason)
+    decision = check.decision
+    if decision is not None:
+        state = "Approved" if decision.approved else "Denied"
+        return Approval(state, needing, decision, reason)
+    created = meta_of(token).get("creationTimestamp")
+    deadline = None
+    if isinstance(created, str):
+        with contextlib.suppress(ValueError):
+            deadline = parse_timestamp(created) + request_timeout
+    state = "Expired" if deadline is not None and now >= deadline else "Pending"
+    return Approval(state, needing, None, reason, deadline)
+
+
+def _approval_problem(approval: Approval, requested_by: str | None) -> Problem | None:
+    roles = ", ".join(approval.roles)
+    if approval.state == "Pending":
+        until = f" until {timestamp(approval.deadline)}" if approval.deadline else ""
+        return ApprovalPending(
+            f"waiting{until} for someone with the verb approve on Role(s) {roles} (not the "
+            f"requester{f', {requested_by}' if requested_by else ''}) to approve it"
+        )
+    if approval.state == "Denied":
+        assert approval.decision is not None
+        return AccessDenied(
+            f"denied by {approval.decision.by}: {approval.decision.reason}; ask again with a "
+            "new Token"
+        )
+    if approval.state == "Expired":
+        assert approval.deadline is not None
+        return RequestExpired(
+            f"the request was not answered by {timestamp(approval.deadline)}; ask again with a "
+            "new Token"
+        )
+    return None
+
+
 def _token_findings(
     token: Mapping[str, Any],
     namespace: str,
@@ -356,18 +488,25 @@ def _token_findings(
     now: datetime,
     check: RequesterCheck,
     require_verified: bool,
+    request_timeout: timedelta,
 ) -> TokenFindings:
     name = name_of(token)
     sa = service_account_subject(token)
     own_key = public_key_pem(token) is not None
     problems, revoked = _requester_problems(check, namespace, require_verified)
+    wanted = token_roles(token)
+    cap = _ttl_cap(wanted, roles)
+    ttl: float | None = None
+    ttl_cut_by: str | None = None
     try:
-        expires_at = token_expiry(token, now)
+        ttl = spec_ttl(token)
+        if cap is not None and (ttl is None or cap[0] < ttl):
+            ttl, ttl_cut_by = cap
+        expires_at = token_expiry(token, now, cap[0] if cap else None)
     except InvalidSpec as exc:
         problems.append(exc)
         expires_at = None
     expired = expires_at is not None and now >= expires_at
-    wanted = token_roles(token)
     if not wanted:
         problems.append(InvalidSpec("spec.roles: name at least one Role"))
     for role_name in wanted:
@@ -406,7 +545,14 @@ def _token_findings(
         revoked=revoked,
         forged_stamp=check.forged,
         unchecked=check.unknown if check.in_force and not check.lost else None,
+        approval=_approval(token, wanted, roles, check, now, request_timeout),
+        ttl=ttl,
+        ttl_cut_by=ttl_cut_by,
     )
+    waiting = _approval_problem(findings.approval, findings.requested_by)
+    if waiting is not None:
+        problems.insert(0, waiting)
+        return findings
     if expired or any(isinstance(p, REQUESTER_PROBLEMS) for p in problems):
         return findings
     digest: str | None = None
@@ -426,6 +572,15 @@ def _token_findings(
         expires_at=expires_at,
         requested_by=findings.requested_by,
     )
+    decision = findings.approval.decision
+    if findings.approval.approved and decision is not None:
+        findings.grant = findings.grant.model_copy(
+            update={
+                "approved_by": decision.by,
+                "approval_reason": decision.reason,
+                "request_reason": findings.approval.request_reason,
+            }
+        )
     return findings
 
 
@@ -439,6 +594,7 @@ def compile_namespace(
     requesters: Mapping[str, RequesterCheck] | None = None,
     *,
     require_verified: bool = False,
+    request_timeout: timedelta = timedelta(hours=1),
 ) -> NamespaceAccess:
     """The access bundle of every live Database in a namespace, and what each Role and Token
     contributes; `credentials` maps Token names to their credential's digest (or its
@@ -477,6 +633,7 @@ def compile_namespace(
             now,
             check,
             require_verified,
+            request_timeout,
         )
         token_findings[found.name] = found
         if found.revoked is not None:
@@ -526,14 +683,25 @@ def compile_namespace(
     return NamespaceAccess(bundles, role_findings, token_findings)
 
 
-#: Fields added to the access file with the admission webhooks, left out when unused: a
-#: bundle that needs none of them is what proxies of earlier versions can load.
-_OPTIONAL_GRANT_FIELDS = ("publicKeySha256", "requestedBy")
+#: Fields added to the access file with the admission webhooks and access requests, left
+#: out when unused: a bundle that needs none of them is what earlier proxies can load.
+_OPTIONAL_GRANT_FIELDS = (
+    "publicKeySha256",
+    "requestedBy",
+    "approvedBy",
+    "approvalReason",
+    "requestReason",
+)
+_OPTIONAL_ROLE_OPTIONS = ("requireApproval", "maxTokenTTL")
 
 
 def bundle_yaml(bundle: AccessFile) -> str:
     """The access file's text: deterministic, so that an unchanged bundle is an unchanged Secret."""
     doc = bundle.dump()
+    for role in doc["roles"]:
+        for key in _OPTIONAL_ROLE_OPTIONS:
+            if role["options"].get(key) is None:
+                role["options"].pop(key, None)
     for grant in doc["grants"]:
         for key in _OPTIONAL_GRANT_FIELDS:
             if grant.get(key) is None:
@@ -609,8 +777,55 @@ def requester_condition(found: TokenFindings) -> Condition:
     )
 
 
+def approval_condition(found: TokenFindings) -> Condition:
+    """The Approved condition, whose changes are the AccessRequested/-Approved/-Denied/
+    -RequestExpired Events (naming the requester, the approver, the reasons and Roles)."""
+    a = found.approval
+    roles = ", ".join(a.roles)
+    who = found.requested_by or "someone (not recorded)"
+    asked = f" ({a.request_reason})" if a.request_reason else ""
+    if a.state == "NotRequired":
+        return Condition("Approved", "True", "NotRequired", "no Role of this Token needs approval")
+    if a.state == "Pending":
+        until = f"; the request expires at {timestamp(a.deadline)}" if a.deadline else ""
+        message = (
+            f"{who} asks for Role(s) {roles}{asked}: waiting for someone else with the verb "
+            f"approve on them{until}"
+        )
+        return Condition(
+            "Approved",
+            "Unknown",
+            "Pending",
+            message,
+            event="Normal",
+            event_reason="AccessRequested",
+        )
+    if a.state == "Expired":
+        return Condition(
+            "Approved",
+            "False",
+            "Expired",
+            f"{who}'s request for Role(s) {roles}{asked} was not answered in time",
+            event="Warning",
+            event_reason="AccessRequestExpired",
+        )
+    d = a.decision
+    assert d is not None
+    verb = "approved" if d.approved else "denied"
+    message = f"{d.by} {verb} {who}'s request for Role(s) {roles}{asked}: {d.reason}"
+    if d.approved:
+        return Condition(
+            "Approved", "True", "Approved", message, event="Normal", event_reason="AccessApproved"
+        )
+    return Condition(
+        "Approved", "False", "Denied", message, event="Warning", event_reason="AccessDenied"
+    )
+
+
 def token_status(found: TokenFindings) -> tuple[dict[str, Any], list[Condition]]:
     cert = found.certificate if found.grant is not None else None
+    decision = found.approval.decision
+    approved = decision if decision is not None and decision.approved else None
     fields: dict[str, Any] = {
         "identity": found.identity,
         "subject": found.subject,
@@ -618,10 +833,14 @@ def token_status(found: TokenFindings) -> tuple[dict[str, Any], list[Condition]]
         "databases": found.databases,
         "secretName": found.secret_name,
         "expiresAt": timestamp(found.expires_at) if found.expires_at else None,
+        "ttl": format_duration(found.ttl) if found.ttl is not None else None,
+        "approvedBy": approved.by if approved else None,
+        "approvedAt": timestamp(approved.at) if approved else None,
         "certificate": cert[0].decode() if cert else None,
         "certificateNotAfter": timestamp(cert[1]) if cert else None,
     }
     verified = requester_condition(found)
+    approval = approval_condition(found)
     if found.expired:
         assert found.expires_at is not None
         when = timestamp(found.expires_at)
@@ -634,20 +853,34 @@ def token_status(found: TokenFindings) -> tuple[dict[str, Any], list[Condition]]
             event="Warning",
         )
         ready = Condition("Ready", "False", "Expired", f"expired at {when}")
-        return fields, [ready, expired, verified]
-    expired = Condition(
-        "Expired",
-        "False",
-        "NotExpired" if found.expires_at else "NoTTL",
-        f"expires at {timestamp(found.expires_at)}" if found.expires_at else "no spec.ttl",
+        return fields, [ready, expired, verified, approval]
+    cut = (
+        f" (spec.ttl cut to {format_duration(found.ttl)} by the maxTokenTTL of Role "
+        f"{found.ttl_cut_by})"
+        if found.ttl_cut_by and found.ttl is not None
+        else ""
     )
+    if found.expires_at:
+        expired = Condition(
+            "Expired", "False", "NotExpired", f"expires at {timestamp(found.expires_at)}{cut}"
+        )
+    elif found.ttl is not None:
+        expired = Condition(
+            "Expired",
+            "False",
+            "NotExpired",
+            f"expires {format_duration(found.ttl)} after its approval{cut}",
+        )
+    else:
+        expired = Condition("Expired", "False", "NoTTL", "no spec.ttl")
     if found.problems:
+        waiting = isinstance(found.problems[0], ApprovalPending)
         ready = Condition(
             "Ready",
             "False",
             found.problems[0].reason,
             "; ".join(p.message for p in found.problems),
-            event="Warning",
+            event=None if waiting else "Warning",
         )
     else:
         ready = Condition(
@@ -656,7 +889,7 @@ def token_status(found: TokenFindings) -> tuple[dict[str, Any], list[Condition]]
             "Granted",
             f"{found.identity} may log in to {', '.join(found.databases)}",
         )
-    return fields, [ready, expired, verified]
+    return fields, [ready, expired, verified, approval]
 
 
 # The Token Secret

@@ -1,9 +1,10 @@
-"""May this user bind this Role? Asked of the API server with SubjectAccessReviews.
+"""May this user bind (request, approve) this Role? Asked of the API server with
+SubjectAccessReviews.
 
 RBAC is the API server's to decide (Roles, ClusterRoles, aggregation, `resourceNames`,
 `*`, webhook authorizers on EKS): the operator never evaluates rules itself, it asks with
 the user and groups the API server authenticated. Answers are remembered per (user,
-groups, namespace, Role), so a compile reuses answers younger than the recheck interval;
+groups, namespace, Role, verb), so a compile reuses answers younger than the recheck interval;
 callers say how old an answer they accept (0: ask now).
 
 When the API server does not answer (unreachable, a 5xx, or the operator lost its right
@@ -27,7 +28,7 @@ from .kube import ROLE, Kube, KubeError
 
 log = logging.getLogger(__name__)
 
-AnswerKey = tuple[str, tuple[str, ...], str, str]
+AnswerKey = tuple[str, tuple[str, ...], str, str, str]
 
 
 @dataclass
@@ -37,18 +38,19 @@ class BindChecker:
     _answers: dict[AnswerKey, tuple[float, Verdict]] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
-    def may_bind(
+    def may(
         self,
         requester: Requester,
         namespace: str,
         role: str,
+        verb: str = "bind",
         *,
         max_age: float = 0.0,
         stale_limit: float = 0.0,
         uid: str | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> Verdict:
-        key = (requester.username, tuple(sorted(requester.groups)), namespace, role)
+        key = (requester.username, tuple(sorted(requester.groups)), namespace, role, verb)
         now = self.clock()
         with self._guard:
             cached = self._answers.get(key)
@@ -60,7 +62,7 @@ class BindChecker:
                 requester.groups,
                 {
                     "namespace": namespace,
-                    "verb": "bind",
+                    "verb": verb,
                     "group": ROLE.group,
                     "resource": ROLE.plural,
                     "name": role,
@@ -87,7 +89,7 @@ class BindChecker:
         what: str,
         status: int,
     ) -> Verdict:
-        user, _, namespace, role = key
+        user, _, namespace, role, verb = key
         if 400 <= status < 500:
             log.error(
                 "the API server refused the operator's SubjectAccessReview (%s): grant it "
@@ -96,7 +98,12 @@ class BindChecker:
             )
         else:
             log.warning(
-                "SubjectAccessReview for %s on Role %s/%s failed: %s", user, namespace, role, what
+                "SubjectAccessReview for %s to %s Role %s/%s failed: %s",
+                user,
+                verb,
+                namespace,
+                role,
+                what,
             )
         reason = f"the API server did not answer a SubjectAccessReview: {what}"
         if cached is not None and now - cached[0] < stale_limit:

@@ -82,7 +82,9 @@ from .status import (
     ReferenceNotFound,
     SecretConflict,
     condition_events,
+    find,
     merge_conditions,
+    parse_timestamp,
 )
 
 log = logging.getLogger(__name__)
@@ -134,6 +136,8 @@ class Config:
     access_recheck_interval: float = 300.0
     #: Tokens without a stamped requester (from before the webhooks) grant nothing.
     require_verified_requester: bool = False
+    #: A request waiting for approval longer than this (seconds) expires.
+    request_timeout: float = 3600.0
 
     @property
     def settings(self) -> render.Settings:
@@ -566,38 +570,59 @@ class Reconciler:
         `fresh`; within one run each (requester, Role) is asked once."""
         interval = self.config.access_recheck_interval
         max_age = 0.0 if fresh else interval
-        answers: dict[tuple[admission.Requester, str], admission.Verdict] = {}
+        answers: dict[tuple[admission.Requester, str, str], admission.Verdict] = {}
+
+        def ask(requester: admission.Requester, role: str, verb: str) -> admission.Verdict:
+            verdict = answers.get((requester, role, verb))
+            if verdict is None:
+                verdict = self.binds.may(
+                    requester, namespace, role, verb, max_age=max_age, stale_limit=3 * interval
+                )
+                answers[(requester, role, verb)] = verdict
+                if verdict.failed:
+                    outcome.errors.append(f"SubjectAccessReview failed: {verdict.reason}")
+            return verdict
+
         checks: dict[str, access.RequesterCheck] = {}
         unsure: list[str] = []
         for token in access.live(tokens):
             stamp = admission.read_stamp(token, self.stamp_key)
+            decision, decision_forged = admission.read_decision(token, self.stamp_key)
             requester = stamp.requester
+            base = access.RequesterCheck(
+                requester,
+                forged=stamp.forged,
+                decision=decision,
+                decision_forged=decision_forged,
+            )
             if requester is None:
-                checks[name_of(token)] = access.RequesterCheck(None, forged=stamp.forged)
+                checks[name_of(token)] = base
                 continue
             try:
                 expires_at = access.token_expiry(token, now)
             except InvalidSpec:
                 expires_at = None
             if expires_at is not None and expires_at <= now:
-                checks[name_of(token)] = access.RequesterCheck(requester)
+                checks[name_of(token)] = base
                 continue
             lost: list[str] = []
+            requested: list[str] = []
             unknown: str | None = None
             for role in access.token_roles(token):
-                verdict = answers.get((requester, role))
-                if verdict is None:
-                    verdict = self.binds.may_bind(
-                        requester, namespace, role, max_age=max_age, stale_limit=3 * interval
-                    )
-                    answers[(requester, role)] = verdict
-                if verdict.failed:
-                    outcome.errors.append(f"SubjectAccessReview failed: {verdict.reason}")
+                verdict = ask(requester, role, "bind")
+                if verdict.allowed is False:
+                    # May they still ask for it (and wait for an approval)?
+                    verdict = ask(requester, role, "request")
+                    if verdict.allowed:
+                        requested.append(role)
+                        continue
                 if verdict.allowed is None:
                     unknown = unknown or verdict.reason
                 elif not verdict.allowed:
                     lost.append(role)
-            checks[name_of(token)] = access.RequesterCheck(requester, tuple(lost), unknown)
+            checks[name_of(token)] = dataclasses.replace(
+                base, lost=tuple(lost), requested=tuple(requested), unknown=unknown
+            )
             if unknown:
                 unsure.append(name_of(token))
         if unsure:
@@ -647,6 +672,7 @@ class Reconciler:
             now,
             requesters,
             require_verified=self.config.require_verified_requester,
+            request_timeout=timedelta(seconds=self.config.request_timeout),
         )
         by_name = {name_of(t): t for t in access.live(tokens)}
         for name, key in keys.items():
@@ -687,11 +713,35 @@ class Reconciler:
                 self._set_status(obj, fields, conditions)
             except KubeError as exc:
                 outcome.errors.append(str(exc))
+                continue
+            if obj.get("kind") == TOKEN.kind:
+                self._count_request(obj, compiled.tokens[name_of(obj)])
         with self._guard:
             self._synced_at[namespace] = time.monotonic()
             if fresh:
                 self._rechecked_at[namespace] = started
         return outcome
+
+    def _count_request(self, token: Mapping[str, Any], found: access.TokenFindings) -> None:
+        """Access requests by outcome, and the time to a decision: counted when the Token's
+        Approved condition first says so (its status was just written)."""
+        state = found.approval.state
+        if state == "NotRequired":
+            return
+        status = token.get("status") if isinstance(token.get("status"), Mapping) else {}
+        before = find((status or {}).get("conditions"), "Approved")
+        if before is not None and before.get("reason") == state:
+            return
+        outcome = {"Pending": "requested", "Approved": "approved", "Denied": "denied"}.get(
+            state, "expired"
+        )
+        self.metrics.access_requests.labels(outcome).inc()
+        decision = found.approval.decision
+        created = meta_of(token).get("creationTimestamp")
+        if decision is not None and isinstance(created, str):
+            with contextlib.suppress(ValueError):
+                waited = (decision.at - parse_timestamp(created)).total_seconds()
+                self.metrics.access_request_seconds.observe(max(waited, 0.0))
 
     def _apply_ca_config_map(
         self, namespace: str, databases: Sequence[Mapping[str, Any]], outcome: SyncOutcome
@@ -1137,7 +1187,8 @@ def admission_server(config: Config, kube: Kube, ca: pki.KeyPair) -> webhooks.Ad
 
 
 def register_admission(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
-    """The Token webhooks (docs/access-control.md): stamp the requester, check `bind`."""
+    """The Token webhooks (docs/access-control.md, docs/access-requests.md): stamp the
+    requester and decisions, check `bind`, `request` and `approve`."""
 
     @kopf.on.mutate(
         *TOKEN_RESOURCE,
@@ -1151,10 +1202,15 @@ def register_admission(registry: kopf.OperatorRegistry, runtime: Runtime) -> Non
         patch: kopf.Patch, body: kopf.Body, userinfo: kopf.UserInfo, **kwargs: Any
     ) -> None:
         """A new Token names its requester as the API server authenticated them, signed; an
-        update that left the stamp out (a server-side apply) keeps the stored one."""
+        update that approves or denies it names the approver the same way; an update that
+        left these out (a server-side apply) keeps the stored ones."""
         reconciler = runtime.get()
         if kwargs.get("operation") == "UPDATE":
-            for key, value in admission.restored(body, kwargs.get("old")).items():
+            old = kwargs.get("old")
+            stamped = admission.restored(body, old) | admission.stamp_decision(
+                userinfo, reconciler.stamp_key, body, old, utcnow()
+            )
+            for key, value in stamped.items():
                 patch.metadata.annotations[key] = value
         else:
             meta = meta_of(body)
@@ -1163,7 +1219,9 @@ def register_admission(registry: kopf.OperatorRegistry, runtime: Runtime) -> Non
                 name = admission.generated_name(str(meta.get("generateName") or ""))
                 patch.metadata["name"] = name
             namespace = str(meta.get("namespace") or "default")
-            stamp = admission.stamp(userinfo, reconciler.stamp_key, namespace, name)
+            stamp = admission.stamp(
+                userinfo, reconciler.stamp_key, namespace, name, admission.request_reason(body)
+            )
             for key, value in stamp.items():
                 patch.metadata.annotations[key] = value
         runtime.metrics.admission_reviews.labels(admission.MUTATING_WEBHOOK, "allowed").inc()
@@ -1177,28 +1235,52 @@ def register_admission(registry: kopf.OperatorRegistry, runtime: Runtime) -> Non
         registry=registry,
     )
     def check_token(body: kopf.Body, userinfo: kopf.UserInfo, **kwargs: Any) -> None:
-        """A Token may only name Roles its requester may bind; its requester is fixed."""
+        """A Token may only name Roles its requester may bind (or request); its requester,
+        and once made its decision, are fixed; only others with approve decide."""
         reconciler = runtime.get()
         info: Mapping[str, Any] = userinfo
-        uid, extra = info.get("uid"), info.get("extra")
+        caller = admission.Requester.from_userinfo(info)
 
-        def may_bind(
-            requester: admission.Requester, namespace: str, role: str
+        def may(
+            user: admission.Requester, namespace: str, role: str, verb: str
         ) -> admission.Verdict:
-            # Admission asks now and never takes an earlier answer.
-            return reconciler.binds.may_bind(requester, namespace, role, uid=uid, extra=extra)
+            # Admission asks now and never takes an earlier answer; the request's uid and
+            # extra belong to its own user only.
+            own = user == caller
+            return reconciler.binds.may(
+                user,
+                namespace,
+                role,
+                verb,
+                uid=info.get("uid") if own else None,
+                extra=info.get("extra") if own else None,
+            )
 
+        def requires_approval(namespace: str, role: str) -> bool:
+            found = reconciler.kube.get(ROLE, namespace, role)
+            compiled = access.compile_role(found) if found is not None else None
+            return bool(
+                compiled is not None
+                and compiled.role is not None
+                and compiled.role.options.require_approval
+            )
+
+        ctx = admission.Context(
+            reconciler.stamp_key,
+            may,
+            requires_approval,
+            utcnow(),
+            timedelta(seconds=reconciler.config.request_timeout),
+        )
         metric = runtime.metrics.admission_reviews
         try:
-            admission.review(
-                kwargs.get("operation"),
-                body,
-                kwargs.get("old"),
-                userinfo,
-                may_bind,
-                reconciler.stamp_key,
-            )
+            admission.review(kwargs.get("operation"), body, kwargs.get("old"), info, ctx)
         except admission.Refused as exc:
             metric.labels(admission.VALIDATING_WEBHOOK, "refused").inc()
             raise kopf.AdmissionError(exc.message, code=exc.code) from None
+        except KubeError as exc:
+            metric.labels(admission.VALIDATING_WEBHOOK, "refused").inc()
+            raise kopf.AdmissionError(
+                f"cannot read the Token's Roles: {exc}; try again", code=503
+            ) from None
         metric.labels(admission.VALIDATING_WEBHOOK, "allowed").inc()

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import kopf
 
+from rdsgate.proxy.durations import parse_duration
+
 from . import webhooks
 from .handlers import AdmissionConfig, Config, Runtime, register
 from .render import image_repository
@@ -48,6 +50,16 @@ def default_operator_namespace() -> str:
 
 def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def _duration(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("the duration must be more than 0")
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
         "may still bind its Roles (env RDSGATE_ACCESS_RECHECK_INTERVAL; default %(default)s)",
     )
     parser.add_argument(
+        "--request-timeout",
+        type=_duration,
+        default=env("RDSGATE_REQUEST_TIMEOUT") or "1h",
+        metavar="DURATION",
+        help="a Token waiting for an approval longer than this expires (env "
+        "RDSGATE_REQUEST_TIMEOUT; default %(default)s)",
+    )
+    parser.add_argument(
         "--require-verified-requester",
         action="store_true",
         default=(env("RDSGATE_REQUIRE_VERIFIED_REQUESTER") or "").lower() in ("1", "true", "yes"),
@@ -249,6 +269,7 @@ def parse_config(args: argparse.Namespace) -> Config:
         admission=parse_admission(args),
         access_recheck_interval=args.access_recheck_interval,
         require_verified_requester=args.require_verified_requester,
+        request_timeout=args.request_timeout,
     )
 
 

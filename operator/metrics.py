@@ -35,6 +35,19 @@ class OperatorMetrics:
             ["webhook", "result"],
             registry=r,
         )
+        self.access_requests = Counter(
+            "rdsgate_operator_access_requests",
+            "Access requests (Tokens waiting for an approval) by outcome: requested, "
+            "approved, denied, expired",
+            ["outcome"],
+            registry=r,
+        )
+        self.access_request_seconds = Histogram(
+            "rdsgate_operator_access_request_decision_seconds",
+            "From a request to its approval or denial",
+            buckets=(30, 60, 300, 900, 1800, 3600, 4 * 3600, 24 * 3600),
+            registry=r,
+        )
         self.tokens_unverified = Gauge(
             "rdsgate_operator_tokens_unverified",
             "Tokens with no requester stamped at admission (created before the webhooks), "

@@ -68,6 +68,8 @@ class Condition:
     message: str
     event: EventType | None = None
     event_message: str | None = None
+    #: The Event's reason when it is not the condition's (AccessRequested for Pending).
+    event_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,11 +141,15 @@ def condition_events(
         if cond.event is None:
             continue
         old = by_type.get(cond.type)
-        if old is None and cond.status == "Unknown":
+        if old is None and cond.status == "Unknown" and cond.event_reason is None:
             continue
         if old is not None and all(old.get(k) == getattr(cond, k) for k in key):
             continue
-        events.append(EventSpec(cond.event, cond.reason, cond.event_message or cond.message))
+        events.append(
+            EventSpec(
+                cond.event, cond.event_reason or cond.reason, cond.event_message or cond.message
+            )
+        )
     return events
 
 

@@ -134,6 +134,10 @@ class RoleOptions(Model):
     max_connections: int | None = Field(None, ge=1)
     max_session_duration: Duration | None = None
     audit_queries: bool | None = None
+    #: Tokens naming the Role wait for an approval (the operator's business, not the proxy's).
+    require_approval: bool | None = None
+    #: The longest a Token naming the Role may live (the operator caps its expiry).
+    max_token_ttl: Duration | None = Field(None, alias="maxTokenTTL")
 
 
 class Role(Model):
@@ -164,6 +168,10 @@ class Grant(Model):
     expires_at: datetime | None = None
     #: The user the API server authenticated when the Token was created (its admission).
     requested_by: str | None = None
+    #: For a Token that needed an approval: who approved it, why, and why it was asked for.
+    approved_by: str | None = None
+    approval_reason: str | None = None
+    request_reason: str | None = None
 
     @model_validator(mode="after")
     def _one_credential(self) -> Grant:

@@ -96,6 +96,13 @@ class Session:
             db_user=self.db_user,
             db_name=self.db_name,
         )
+        if ident is not None and ident.grant.approved_by is not None:
+            grant = ident.grant
+            fields.update(
+                approved_by=grant.approved_by,
+                approval_reason=grant.approval_reason,
+                request_reason=grant.request_reason,
+            )
         return fields
 
     @staticmethod

@@ -90,8 +90,13 @@ def checks(tokens: list[dict[str, Any]], **kw: Any) -> dict[str, access.Requeste
     found = {}
     for t in tokens:
         stamp = admission.read_stamp(t, STAMP_KEY)
+        decision, decision_forged = admission.read_decision(t, STAMP_KEY)
         found[t["metadata"]["name"]] = access.RequesterCheck(
-            stamp.requester, forged=stamp.forged, **kw
+            stamp.requester,
+            forged=stamp.forged,
+            decision=decision,
+            decision_forged=decision_forged,
+            **kw,
         )
     return found
 
@@ -218,6 +223,7 @@ def test_an_expired_grant_leaves_every_bundle() -> None:
         "Ready": ("False", "Expired"),
         "Expired": ("True", "TTLElapsed"),
         "RequesterVerified": ("True", "AdmissionStamped"),
+        "Approved": ("True", "NotRequired"),
     }
 
 
@@ -401,6 +407,9 @@ def test_token_status_when_granted() -> None:
         "databases": ["orders"],
         "secretName": "t-rdsgate",
         "expiresAt": "2026-03-01T13:00:00Z",
+        "ttl": "1h",
+        "approvedBy": None,
+        "approvedAt": None,
         "certificate": None,
         "certificateNotAfter": None,
     }
@@ -408,6 +417,7 @@ def test_token_status_when_granted() -> None:
         ("Ready", "True", "Granted"),
         ("Expired", "False", "NotExpired"),
         ("RequesterVerified", "True", "AdmissionStamped"),
+        ("Approved", "True", "NotRequired"),
     ]
 
 
@@ -605,3 +615,149 @@ def test_a_public_key_token_is_bound_to_its_key_and_has_no_secret() -> None:
     fields, _ = access.token_status(result.tokens["t"])
     assert (fields["subject"], fields["secretName"]) == ("publickey", None)
     assert access.public_key_digest("uid-of-a-new-token", key) != digest
+
+
+# Access requests: Roles that need approval, decisions, TTLs
+
+
+PROD_ADMIN = role(
+    "prod-admin",
+    allow={
+        "databases": {"matchLabels": {"env": "prod"}},
+        "databaseNames": ["*"],
+        "databaseUsers": ["app_admin"],
+    },
+    options={"requireApproval": True, "maxTokenTTL": "2h"},
+)
+
+
+def requested(name: str, *roles: str, **spec: Any) -> dict[str, Any]:
+    t = token(name, *roles, **spec)
+    annotations = t["metadata"]["annotations"]
+    annotations["rdsgate.dev/request-reason"] = "INC-4711"
+    userinfo = {"username": "alice", "groups": ["devs"]}
+    annotations.update(admission.stamp(userinfo, STAMP_KEY, NS, name, "INC-4711"))
+    return t
+
+
+def decided(
+    t: dict[str, Any], *, approved: bool, by: str = "bob", at: datetime = NOW
+) -> dict[str, Any]:
+    key = "rdsgate.dev/approved-by" if approved else "rdsgate.dev/denied-by"
+    reason_key = "rdsgate.dev/approval-reason" if approved else "rdsgate.dev/denial-reason"
+    t["metadata"]["annotations"][key] = "anyone"
+    t["metadata"]["annotations"][reason_key] = "ok, 2h"
+    stamped = admission.stamp_decision({"username": by}, STAMP_KEY, t, None, at)
+    t["metadata"]["annotations"].update(stamped)
+    return t
+
+
+def test_a_request_waits_and_grants_nothing() -> None:
+    prod = database("orders", env="prod")
+    t = requested("t", "prod-admin", created=NOW - timedelta(minutes=10), ttl="8h")
+    result = compile_([prod], [PROD_ADMIN], [t])
+    assert result.bundles["orders"].grants == []
+    found = result.tokens["t"]
+    assert (found.approval.state, found.expires_at) == ("Pending", None)
+    fields, conditions = access.token_status(found)
+    by_type = {c.type: c for c in conditions}
+    assert (by_type["Approved"].status, by_type["Approved"].event_reason) == (
+        "Unknown",
+        "AccessRequested",
+    )
+    assert (by_type["Ready"].reason, by_type["Ready"].event) == ("ApprovalPending", None)
+    assert (
+        by_type["Expired"].message
+        == "expires 2h after its approval (spec.ttl cut to 2h by the maxTokenTTL of Role prod-admin)"
+    )
+    assert fields["expiresAt"] is None and fields["ttl"] == "2h"
+
+
+def test_an_approval_grants_from_the_approval_for_the_capped_ttl() -> None:
+    prod = database("orders", env="prod")
+    approved_at = NOW - timedelta(minutes=30)
+    t = decided(
+        requested("t", "prod-admin", created=NOW - timedelta(hours=1), ttl="8h"),
+        approved=True,
+        at=approved_at,
+    )
+    result = compile_([prod], [PROD_ADMIN], [t])
+    (grant,) = policy(result, "orders").file.grants
+    assert grant.expires_at == approved_at + timedelta(hours=2)
+    assert (grant.approved_by, grant.approval_reason, grant.request_reason) == (
+        "bob",
+        "ok, 2h",
+        "INC-4711",
+    )
+    fields, conditions = access.token_status(result.tokens["t"])
+    assert (fields["approvedBy"], fields["approvedAt"]) == ("bob", "2026-03-01T11:30:00Z")
+    approved = next(c for c in conditions if c.type == "Approved")
+    assert (approved.status, approved.reason, approved.event_reason) == (
+        "True",
+        "Approved",
+        "AccessApproved",
+    )
+    assert (
+        approved.message == "bob approved alice's request for Role(s) prod-admin (INC-4711): ok, 2h"
+    )
+
+
+def test_a_denial_or_an_expired_request_grants_nothing() -> None:
+    prod = database("orders", env="prod")
+    denied = decided(requested("d", "prod-admin"), approved=False, by="carol")
+    late = requested("l", "prod-admin", created=NOW - timedelta(hours=2))
+    result = compile_([prod], [PROD_ADMIN], [denied, late])
+    assert result.bundles["orders"].grants == []
+    assert (
+        result.tokens["d"].problems[0].message
+        == "denied by carol: ok, 2h; ask again with a new Token"
+    )
+    assert result.tokens["l"].approval.state == "Expired"
+    assert result.tokens["l"].problems[0].reason == "RequestExpired"
+
+
+def test_an_unsigned_or_altered_decision_counts_for_nothing() -> None:
+    prod = database("orders", env="prod")
+    hand_written = requested("h", "prod-admin")
+    hand_written["metadata"]["annotations"].update(
+        {
+            "rdsgate.dev/approved-by": "bob",
+            "rdsgate.dev/approval-reason": "trust me",
+            "rdsgate.dev/decided-at": "2026-03-01T11:59:00Z",
+        }
+    )
+    altered = decided(requested("a", "prod-admin"), approved=True)
+    altered["spec"]["roles"] = ["prod-admin", "app-rw"]  # the approval was for prod-admin only
+    result = compile_([prod], [PROD_ADMIN, APP_RW], [hand_written, altered])
+    assert result.bundles["orders"].grants == []
+    assert {result.tokens[n].approval.state for n in ("h", "a")} == {"Pending"}
+
+
+def test_a_role_the_requester_may_only_request_needs_approval_too() -> None:
+    prod = database("orders", env="prod")
+    t = requested("t", "app-rw")
+    stamp = admission.read_stamp(t, STAMP_KEY)
+    only_request = {"t": access.RequesterCheck(stamp.requester, requested=("app-rw",))}
+    result = access.compile_namespace(NS, [prod], [APP_RW], [t], {"t": DIGEST}, NOW, only_request)
+    assert result.tokens["t"].approval.state == "Pending"
+    assert result.tokens["t"].approval.roles == ("app-rw",)
+    assert result.bundles["orders"].grants == []
+
+
+def test_max_token_ttl_caps_tokens_that_need_no_approval() -> None:
+    capped = role(
+        "capped",
+        allow={"databases": {}, "databaseNames": ["*"], "databaseUsers": ["*"]},
+        options={"maxTokenTTL": "1h"},
+    )
+    prod = database("orders", env="prod")
+    result = compile_(
+        [prod], [capped], [token("forever", "capped"), token("short", "capped", ttl="10m")]
+    )
+    grants = {g.identity: g.expires_at for g in result.bundles["orders"].grants}
+    assert grants == {
+        "shop/forever": NOW + timedelta(hours=1),
+        "shop/short": NOW + timedelta(minutes=10),
+    }
+    assert result.tokens["forever"].ttl_cut_by == "capped"
+    assert result.tokens["short"].ttl_cut_by is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -23,14 +24,24 @@ KEY = admission.stamp_key(b"the CA's private key")
 STAMPED = admission.stamp(ALICE, KEY, "shop", "t")
 
 
+MayBind = Callable[[Requester, str, str], Verdict]
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
 def review(
     operation: str,
     new: dict[str, Any] | None,
     old: dict[str, Any] | None,
     userinfo: dict[str, Any],
-    may_bind: admission.MayBind,
+    may_bind: MayBind,
 ) -> None:
-    admission.review(operation, new, old, userinfo, may_bind, KEY)
+    """A review where nobody may request or approve and no Role needs approval."""
+
+    def may(requester: Requester, namespace: str, role: str, verb: str) -> Verdict:
+        return may_bind(requester, namespace, role) if verb == "bind" else Verdict(False)
+
+    ctx = admission.Context(KEY, may, lambda ns, role: False, NOW, timedelta(hours=1))
+    admission.review(operation, new, old, userinfo, ctx)
 
 
 def token(*roles: str, annotations: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
@@ -42,7 +53,7 @@ def token(*roles: str, annotations: dict[str, str] | None = None, **spec: Any) -
     }
 
 
-def binds(*allowed: str, asked: list[tuple[str, str, str]] | None = None) -> admission.MayBind:
+def binds(*allowed: str, asked: list[tuple[str, str, str]] | None = None) -> MayBind:
     """An RBAC where the requester may bind exactly `allowed` ("*": any Role)."""
 
     def may_bind(requester: Requester, namespace: str, role: str) -> Verdict:
@@ -349,3 +360,161 @@ def test_groups_annotation_is_compact_json() -> None:
     )
     assert json.loads(stamped["rdsgate.dev/requested-by-groups"]) == ["a", "b"]
     assert stamped["rdsgate.dev/requested-by"] == "arn:aws:sts::111122223333:assumed-role/Dev/alice"
+
+
+# Access requests: request, approve, deny (docs/access-requests.md)
+
+BOB = {"username": "bob", "groups": ["oncall-leads"]}
+REASON = {"rdsgate.dev/request-reason": "INC-4711"}
+
+
+def ctx(
+    *,
+    verbs: dict[tuple[str, str], set[str]],
+    needing: frozenset[str] | set[str] = frozenset(),
+    now: datetime = NOW,
+) -> admission.Context:
+    """An RBAC where `verbs[(user, role)]` are what the user may do on the Role."""
+
+    def may(user: Requester, namespace: str, role: str, verb: str) -> Verdict:
+        return Verdict(verb in verbs.get((user.username, role), set()))
+
+    return admission.Context(KEY, may, lambda ns, role: role in needing, now, timedelta(hours=1))
+
+
+def asked(*roles: str, reason: str | None = "INC-4711", created: datetime = NOW) -> dict[str, Any]:
+    """alice's Token as the API server stored it after admission."""
+    annotations = admission.stamp(ALICE, KEY, "shop", "t", reason)
+    if reason is not None:
+        annotations["rdsgate.dev/request-reason"] = reason
+    t = token(*roles, annotations=annotations)
+    t["metadata"]["creationTimestamp"] = created.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return t
+
+
+def approval(
+    old: dict[str, Any], by: dict[str, Any], *, deny: bool = False, reason: str = "ok"
+) -> dict[str, Any]:
+    """The update an approver sends, as the mutating webhook passes it on."""
+    new: dict[str, Any] = json.loads(json.dumps(old))
+    annotations = new["metadata"]["annotations"]
+    annotations["rdsgate.dev/denied-by" if deny else "rdsgate.dev/approved-by"] = "whoever"
+    if reason:
+        annotations["rdsgate.dev/denial-reason" if deny else "rdsgate.dev/approval-reason"] = reason
+    annotations.update(admission.stamp_decision(by, KEY, new, old, NOW))
+    return new
+
+
+def test_request_makes_a_pending_token_that_needs_a_reason() -> None:
+    may_request = ctx(verbs={("alice", "prod-admin"): {"request"}})
+    created = token("prod-admin", annotations=admission.stamp(ALICE, KEY, "shop", "t"))
+    with pytest.raises(Refused) as refused:
+        admission.review("CREATE", created, None, ALICE, may_request)
+    assert refused.value.message.startswith(
+        'you may only request Role "prod-admin": say why you need access in the annotation '
+        "rdsgate.dev/request-reason"
+    )
+    admission.review("CREATE", asked("prod-admin"), None, ALICE, may_request)
+    # bind on a Role that requires approval still needs the reason (and an approval).
+    may_bind = ctx(verbs={("alice", "prod-admin"): {"bind"}}, needing={"prod-admin"})
+    with pytest.raises(Refused) as refused:
+        admission.review("CREATE", created, None, ALICE, may_bind)
+    assert refused.value.message.startswith('Role "prod-admin" requires approval')
+    nothing = ctx(verbs={})
+    with pytest.raises(Refused) as refused:
+        admission.review("CREATE", asked("prod-admin"), None, ALICE, nothing)
+    assert refused.value.message.startswith('alice may not bind Role "prod-admin"')
+
+
+def test_a_token_cannot_be_created_approved() -> None:
+    t = asked("prod-admin")
+    t["metadata"]["annotations"]["rdsgate.dev/approved-by"] = "bob"
+    with pytest.raises(Refused) as refused:
+        admission.review(
+            "CREATE", t, None, ALICE, ctx(verbs={("alice", "prod-admin"): {"request"}})
+        )
+    assert "not created approved" in refused.value.message
+
+
+def test_an_approval_by_someone_else_with_approve() -> None:
+    old = asked("prod-admin")
+    rules = ctx(
+        verbs={("bob", "prod-admin"): {"approve"}, ("alice", "prod-admin"): {"request", "approve"}},
+        needing={"prod-admin"},
+    )
+    admission.review("UPDATE", approval(old, BOB), old, BOB, rules)
+    admission.review("UPDATE", approval(old, BOB, deny=True), old, BOB, rules)
+    new = approval(old, BOB)
+    assert new["metadata"]["annotations"]["rdsgate.dev/approved-by"] == "bob"
+    decision, forged = admission.read_decision(new, KEY)
+    assert decision is not None and not forged
+    assert (decision.approved, decision.by, decision.reason, decision.at) == (
+        True,
+        "bob",
+        "ok",
+        NOW,
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("self", "alice may not approve their own request"),
+        (
+            "no approve",
+            'bob may not approve requests for Role "prod-admin" in namespace "shop" (needs verb approve on roles.rdsgate.dev "prod-admin")',
+        ),
+        ("no reason", "say why you approve Token 't': set rdsgate.dev/approval-reason"),
+        ("both", "set rdsgate.dev/approved-by or rdsgate.dev/denied-by, not both"),
+        ("unsigned", "the mutating webhook requester.tokens.rdsgate.dev did not run"),
+        ("expired", "the request expired at 2026-03-01T11:00:00Z, not answered within 1h"),
+        ("not pending", "Token 't' is not waiting for an approval"),
+        ("spec too", "approve or deny a Token in an update of its own"),
+    ],
+)
+def test_approvals_that_are_refused(case: str, message: str) -> None:
+    needing = {"prod-admin"} if case != "not pending" else set()
+    verbs = {("bob", "prod-admin"): {"approve"}, ("alice", "prod-admin"): {"bind", "approve"}}
+    old = asked("prod-admin", created=NOW - timedelta(hours=2) if case == "expired" else NOW)
+    approver = ALICE if case == "self" else BOB
+    if case == "no approve":
+        verbs = {}
+    new = approval(old, approver, reason="" if case == "no reason" else "ok")
+    if case == "both":
+        new["metadata"]["annotations"]["rdsgate.dev/denied-by"] = "bob"
+    if case == "unsigned":
+        new["metadata"]["annotations"]["rdsgate.dev/decision-signature"] = "0" * 64
+    if case == "spec too":
+        new["spec"]["ttl"] = "30d"
+    with pytest.raises(Refused) as refused:
+        admission.review("UPDATE", new, old, approver, ctx(verbs=verbs, needing=needing))
+    assert message in refused.value.message
+
+
+def test_a_recorded_decision_and_a_requested_tokens_roles_never_change() -> None:
+    rules = ctx(
+        verbs={("bob", "prod-admin"): {"approve", "bind"}, ("bob", "app-rw"): {"bind"}},
+        needing={"prod-admin"},
+    )
+    old = approval(asked("prod-admin"), BOB)
+    for change in (
+        {"rdsgate.dev/approval-reason": "changed"},
+        {"rdsgate.dev/approved-by": "carol"},
+    ):
+        new = json.loads(json.dumps(old))
+        new["metadata"]["annotations"].update(change)
+        with pytest.raises(Refused) as refused:
+            admission.review("UPDATE", new, old, BOB, rules)
+        assert "the decision on this Token is recorded" in refused.value.message
+    new = json.loads(json.dumps(old))
+    new["spec"]["roles"] = ["prod-admin", "app-rw"]
+    with pytest.raises(Refused) as refused:
+        admission.review("UPDATE", new, old, BOB, rules)
+    assert "spec.roles of a requested Token cannot change" in refused.value.message
+    # The request reason is the requester's and never changes either.
+    pending = asked("prod-admin")
+    new = json.loads(json.dumps(pending))
+    new["metadata"]["annotations"]["rdsgate.dev/request-reason"] = "something else"
+    with pytest.raises(Refused) as refused:
+        admission.review("UPDATE", new, pending, BOB, rules)
+    assert "rdsgate.dev/request-reason records who created this Token" in refused.value.message

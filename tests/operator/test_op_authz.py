@@ -80,19 +80,19 @@ def test_answers_are_reused_only_while_young_enough(private_k8s_api: ApiServer, 
     grant_bind(api, "authz-1", "app-ro")
     clock = Clock()
     checker = BindChecker(kube_at(private_k8s_api.url), clock)
-    first = checker.may_bind(ALICE, "authz-1", "app-ro", max_age=300)
+    first = checker.may(ALICE, "authz-1", "app-ro", max_age=300)
     assert first.allowed is True and not first.failed
     assert 'RoleBinding "bind-app-ro/authz-1"' in first.reason
-    assert checker.may_bind(ALICE, "authz-1", "app-rw", max_age=300).allowed is False
+    assert checker.may(ALICE, "authz-1", "app-rw", max_age=300).allowed is False
 
     api.delete("RoleBinding", "authz-1", "bind-app-ro", api_version=RBAC_V1)
     clock.now += 299
-    assert checker.may_bind(ALICE, "authz-1", "app-ro", max_age=300).allowed is True  # cached
+    assert checker.may(ALICE, "authz-1", "app-ro", max_age=300).allowed is True  # cached
     clock.now += 1
-    assert checker.may_bind(ALICE, "authz-1", "app-ro", max_age=300).allowed is False
+    assert checker.may(ALICE, "authz-1", "app-ro", max_age=300).allowed is False
     # Admission asks every time (max_age 0).
     grant_bind(api, "authz-1", "app-rw")
-    assert checker.may_bind(ALICE, "authz-1", "app-rw").allowed is True
+    assert checker.may(ALICE, "authz-1", "app-rw").allowed is True
 
 
 def test_when_the_api_server_does_not_answer(private_k8s_api: ApiServer, api: Api) -> None:
@@ -102,19 +102,19 @@ def test_when_the_api_server_does_not_answer(private_k8s_api: ApiServer, api: Ap
     grant_bind(api, "authz-2", "app-ro")
     clock = Clock()
     checker = BindChecker(kube_at(private_k8s_api.url), clock)
-    assert checker.may_bind(ALICE, "authz-2", "app-ro").allowed is True
+    assert checker.may(ALICE, "authz-2", "app-ro").allowed is True
     checker.kube = kube_at(f"http://127.0.0.1:{free_port()}")  # nothing listens there
 
     clock.now += 500
-    stale = checker.may_bind(ALICE, "authz-2", "app-ro", max_age=300, stale_limit=900)
+    stale = checker.may(ALICE, "authz-2", "app-ro", max_age=300, stale_limit=900)
     assert (stale.allowed, stale.failed) == (True, True)
-    at_admission = checker.may_bind(ALICE, "authz-2", "app-ro")
+    at_admission = checker.may(ALICE, "authz-2", "app-ro")
     assert (at_admission.allowed, at_admission.failed) == (None, True)
     assert "the API server did not answer a SubjectAccessReview" in at_admission.reason
     clock.now += 400
-    expired = checker.may_bind(ALICE, "authz-2", "app-ro", max_age=300, stale_limit=900)
+    expired = checker.may(ALICE, "authz-2", "app-ro", max_age=300, stale_limit=900)
     assert (expired.allowed, expired.failed) == (None, True)
-    never = checker.may_bind(ALICE, "authz-2", "app-rw", max_age=300, stale_limit=900)
+    never = checker.may(ALICE, "authz-2", "app-rw", max_age=300, stale_limit=900)
     assert never.allowed is None
 
 

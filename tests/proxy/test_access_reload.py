@@ -310,3 +310,34 @@ def test_every_audit_event_of_a_grant_names_its_requester(start_proxy: Start) ->
         other.execute("select 1")
     start = proxy.wait_audit("session.start", lambda e: e["identity"] == "shop/reporting")
     assert start["requested_by"] is None, "a grant from before the webhooks names nobody"
+
+
+def test_an_approved_grant_names_its_approver_and_both_reasons(start_proxy: Start) -> None:
+    doc = access()
+    for g in doc["grants"]:
+        if g["identity"] == "shop/orders-app":
+            g |= {
+                "requestedBy": "alice",
+                "approvedBy": "bob",
+                "approvalReason": "INC-4711 confirmed",
+                "requestReason": "INC-4711: fix a stuck order",
+            }
+    proxy = start_proxy(access=doc)
+    mark = len(proxy.audit)
+    with psycopg.connect(proxy.dsn(), autocommit=True) as app:
+        app.execute("select 1")
+    end = proxy.wait_audit("session.end", start=mark)
+    events = [e for e in proxy.audit[mark:] if e.get("identity") == "shop/orders-app"]
+    assert {e["event"] for e in events} >= {"session.start", "session.query", "session.end"}
+    for e in events:
+        assert (e["requested_by"], e["approved_by"], e["approval_reason"], e["request_reason"]) == (
+            "alice",
+            "bob",
+            "INC-4711 confirmed",
+            "INC-4711: fix a stuck order",
+        )
+    assert end["approved_by"] == "bob"
+    with psycopg.connect(proxy.dsn(user="reporting", password=REPORTING_SECRET)) as other:
+        other.execute("select 1")
+    start = proxy.wait_audit("session.start", lambda e: e["identity"] == "shop/reporting")
+    assert "approved_by" not in start, "no approval, no approval fields"
