@@ -1,10 +1,12 @@
-"""Who may do what with rdsgate's resources (docs/access-control.md): the chart's aggregated
-ClusterRoles and the RBAC examples in deploy/examples/rbac/.
+"""Who may do what with rdsgate's resources (docs/access-control.md, docs/access-requests.md):
+the chart's aggregated ClusterRoles, the RBAC examples in deploy/examples/rbac/ and the Role
+examples they name.
 
 Requests are decided by tests/fixtures/rbac.py as the API server's RBAC authorizer decides
 them, with Kubernetes' own `view`, `edit` and `admin` aggregating as the API server
-bootstraps them (view into edit into admin). `bind` on roles.rdsgate.dev is asked the way the
-validating webhook asks it, with a SubjectAccessReview for verb bind on the Role's name.
+bootstraps them (view into edit into admin). `bind`, `request` and `approve` on
+roles.rdsgate.dev are asked the way the validating webhook asks them, with a
+SubjectAccessReview for that verb on the Role's name.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import jsonschema
 import pytest
 import yaml
 
+from rdsgate.proxy.durations import parse_duration
 from tests.fixtures.k8s import EXAMPLES_DIR
-from tests.fixtures.rbac import Policy
+from tests.fixtures.rbac import Policy, selector_matches
 from tests.helm.chart import (
     AGGREGATE,
     KUBERNETES_USER_ROLES,
@@ -35,6 +38,8 @@ RDSGATE = "rdsgate.dev"
 RBAC_GROUP = "rbac.authorization.k8s.io"
 SHOP = "shop"
 ELSEWHERE = "billing"
+#: The verbs on roles.rdsgate.dev that decide who may hand out and who may approve access.
+ROLE_VERBS = ("bind", "request", "approve")
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +93,8 @@ def test_the_aggregated_roles_are_as_designed(chart: list[dict[str, Any]]) -> No
             "apiGroups": [RDSGATE],
             "resources": ["tokens"],
             "verbs": ["create", "update", "patch", "delete", "deletecollection"],
-        }
+        },
+        {"apiGroups": [RDSGATE], "resources": ["roles"], "verbs": ["request"]},
     ]
     assert rules["admin"] == [
         {
@@ -96,13 +102,19 @@ def test_the_aggregated_roles_are_as_designed(chart: list[dict[str, Any]]) -> No
             "resources": ["databases", "roles"],
             "verbs": ["create", "update", "patch", "delete", "deletecollection"],
         },
-        {"apiGroups": [RDSGATE], "resources": ["roles"], "verbs": ["bind"]},
+        {"apiGroups": [RDSGATE], "resources": ["roles"], "verbs": ["bind", "approve"]},
     ]
-    # Only admin binds; nobody gets the status subresources (the operator's) or Secrets.
+    # edit requests (and admin, which aggregates edit); only admin binds and approves; the
+    # three verbs are on roles only, with no resourceNames (every Role of the namespace).
+    # Nobody gets the status subresources (the operator's) or Secrets.
+    own = {"view": set(), "edit": {"request"}, "admin": {"bind", "approve"}}
     for name, role_rules in rules.items():
         verbs = {v for r in role_rules for v in r["verbs"]}
         resources = {res for r in role_rules for res in r["resources"]}
-        assert ("bind" in verbs) == (name == "admin"), name
+        assert verbs & set(ROLE_VERBS) == own[name], name
+        for rule in role_rules:
+            if set(rule["verbs"]) & set(ROLE_VERBS):
+                assert rule["resources"] == ["roles"] and "resourceNames" not in rule
         assert not {"*", "escalate", "impersonate"} & verbs
         assert not [r for r in resources if "/" in r or r in ("*", "secrets")]
 
@@ -143,7 +155,8 @@ ADMIN = [
 
 def test_binding_kubernetes_view_edit_admin(chart: list[dict[str, Any]]) -> None:
     """A RoleBinding of Kubernetes' view, edit or admin in shop gives, there, what the
-    chart's README says; and no bind short of admin."""
+    chart's README says: edit may request every Role (and wait for an approval), only admin
+    may bind and approve them."""
     docs = [
         *chart,
         *KUBERNETES_USER_ROLES,
@@ -159,9 +172,12 @@ def test_binding_kubernetes_view_edit_admin(chart: list[dict[str, Any]]) -> None
             got = may(docs, user, [], verb, resource, SHOP, name, RDSGATE)
             assert got == ((verb, resource) in allowed), (user, verb, resource)
             assert not may(docs, user, [], verb, resource, ELSEWHERE, name, RDSGATE)
-        for role in ("app-ro", "app-rw", "made-up-later"):
-            assert may(docs, user, [], "bind", "roles", SHOP, role, RDSGATE) == (user == "ada")
-            assert not may(docs, user, [], "bind", "roles", ELSEWHERE, role, RDSGATE)
+        role_verbs = {"vera": set(), "ed": {"request"}, "ada": {"request", "bind", "approve"}}
+        for role in ("app-ro", "app-rw", "prod-admin", "made-up-later"):
+            for verb in ROLE_VERBS:
+                got = may(docs, user, [], verb, "roles", SHOP, role, RDSGATE)
+                assert got == (verb in role_verbs[user]), (user, verb, role)
+                assert not may(docs, user, [], verb, "roles", ELSEWHERE, role, RDSGATE)
         for status in ("databases/status", "roles/status", "tokens/status"):
             assert not may(docs, user, [], "patch", status, SHOP, "x", RDSGATE)
 
@@ -171,7 +187,12 @@ def test_binding_kubernetes_view_edit_admin(chart: list[dict[str, Any]]) -> None
 
 def test_the_rbac_examples_are_valid_and_say_what_they_allow(chart: list[dict[str, Any]]) -> None:
     examples = rbac_examples()
-    assert set(examples) == {"team-app-ro.yaml", "oncall-shop.yaml"}
+    assert set(examples) == {
+        "team-app-ro.yaml",
+        "oncall-shop.yaml",
+        "developers-request-prod-admin.yaml",
+        "oncall-leads-approve-prod-admin.yaml",
+    }
     chart_cluster_roles = {d["metadata"]["name"] for d in objects(chart, "ClusterRole")}
     rdsgate_roles = {
         d["metadata"]["name"]
@@ -193,19 +214,90 @@ def test_the_rbac_examples_are_valid_and_say_what_they_allow(chart: list[dict[st
                 known = chart_cluster_roles if ref["kind"] == "ClusterRole" else roles_here
                 assert ref["name"] in known, f"{name}: {ref} is not installed"
             for rule in doc.get("rules") or ():
-                if rule["resources"] == ["roles"]:
+                if "roles" in rule["resources"] and RDSGATE in rule["apiGroups"]:
+                    assert rule["resources"] == ["roles"], name
+                    assert set(rule["verbs"]) <= set(ROLE_VERBS), name
                     assert set(rule.get("resourceNames") or ()) <= rdsgate_roles
 
 
-def test_the_role_app_ro_example() -> None:
-    (role,) = load(EXAMPLES_DIR / "role-app-ro.yaml")
+@pytest.fixture(scope="module")
+def role_schema() -> dict[str, Any]:
     crds = objects(render({}, "--include-crds"), "CustomResourceDefinition")
     (schema,) = [crd_schema(d) for d in crds if d["spec"]["names"]["kind"] == "Role"]
-    jsonschema.Draft7Validator(schema).validate(role)
+    return schema
+
+
+def undeclared(value: Any, schema: dict[str, Any], path: str = "") -> list[str]:
+    """The fields of `value` its structural schema does not declare: the API server prunes
+    them on the way in, silently (a CRD's schema need not say additionalProperties: false,
+    so jsonschema alone lets them through)."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    found: list[str] = []
+    if isinstance(value, dict):
+        properties = schema.get("properties") or {}
+        additional = schema.get("additionalProperties")
+        for key, item in value.items():
+            if key in properties:
+                found += undeclared(item, properties[key], f"{path}.{key}")
+            elif isinstance(additional, dict):
+                found += undeclared(item, additional, f"{path}.{key}")
+            elif additional is not True:
+                found.append(f"{path}.{key}")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(value):
+            found += undeclared(item, schema["items"], f"{path}[{i}]")
+    return found
+
+
+def role_examples() -> dict[str, dict[str, Any]]:
+    return {
+        d["metadata"]["name"]: d
+        for p in sorted(EXAMPLES_DIR.glob("*.yaml"))
+        for d in load(p)
+        if d["apiVersion"].startswith(f"{RDSGATE}/") and d["kind"] == "Role"
+    }
+
+
+def test_the_role_examples_are_valid_and_keep_every_field(role_schema: dict[str, Any]) -> None:
+    roles = role_examples()
+    assert {"app-ro", "app-rw", "prod-admin"} <= set(roles)
+    for name, role in roles.items():
+        jsonschema.Draft7Validator(role_schema).validate(role)
+        # metadata is ObjectMeta, never pruned.
+        fields = {k: v for k, v in role.items() if k != "metadata"}
+        assert undeclared(fields, role_schema) == [], f"{name}: fields the API server drops"
+        assert role["metadata"]["namespace"] == SHOP
+
+
+def test_the_role_app_ro_example() -> None:
+    role = role_examples()["app-ro"]
     assert (role["kind"], role["metadata"]) == ("Role", {"name": "app-ro", "namespace": SHOP})
     allow = role["spec"]["allow"]
     assert allow["databaseUsers"] == ["app_ro"]
     assert allow["databaseNames"] == ["orders"]
+
+
+def test_the_role_prod_admin_example() -> None:
+    """app_admin on every database of the prod Databases, only with an approval, for 2 hours
+    at most (docs/access-requests.md)."""
+    text = (EXAMPLES_DIR / "role-prod-admin.yaml").read_text()
+    assert text.startswith("#") and "requireApproval" in text[: text.index("apiVersion:")]
+    role = role_examples()["prod-admin"]
+    assert role["metadata"] == {"name": "prod-admin", "namespace": SHOP}
+    assert role["spec"]["options"] == {"requireApproval": True, "maxTokenTTL": "2h"}
+    assert parse_duration(role["spec"]["options"]["maxTokenTTL"]) == 2 * 3600
+    allow = role["spec"]["allow"]
+    assert allow == {
+        "databases": {"matchLabels": {"env": "prod"}},
+        "databaseNames": ["*"],
+        "databaseUsers": ["app_admin"],
+    }
+    # It selects the example Database (orders, env: prod).
+    (database,) = load(EXAMPLES_DIR / "database.yaml")
+    assert database["metadata"]["namespace"] == SHOP
+    assert selector_matches(allow["databases"], database["metadata"]["labels"])
+    assert not selector_matches(allow["databases"], {"env": "staging"})
 
 
 #: What `kubectl rdsgate db connect` asks of the API in shop (docs/cli.md), besides `bind`:
@@ -224,7 +316,7 @@ CONNECT = [
     ("get", "services", "orders", ""),
     ("get", "configmaps", "rdsgate-ca", ""),
 ]
-#: What neither group may do anywhere.
+#: What no group of the examples may do anywhere.
 NEVER = [
     ("get", "secrets", "orders-app-db", ""),
     ("list", "secrets", "", ""),
@@ -301,7 +393,115 @@ def test_oncall_may_bind_every_role_of_shop_and_nothing_elsewhere(
     assert rules_anywhere_but(docs, group, SHOP) == []
 
 
-def test_someone_in_neither_group_gets_nothing(chart: list[dict[str, Any]]) -> None:
+def test_someone_in_none_of_the_groups_gets_nothing(chart: list[dict[str, Any]]) -> None:
     docs = with_examples(chart)
-    for verb, resource, name, api_group in [*CONNECT, ("bind", "roles", "app-ro", RDSGATE)]:
-        assert not may(docs, "eve", ["developers"], verb, resource, SHOP, name, api_group)
+    role_requests = [
+        (verb, "roles", role, RDSGATE) for verb in ROLE_VERBS for role in ("app-ro", "prod-admin")
+    ]
+    for verb, resource, name, api_group in [*CONNECT, *role_requests]:
+        assert not may(docs, "eve", ["contractors"], verb, resource, SHOP, name, api_group)
+
+
+# Access requests (docs/access-requests.md): who may ask for prod-admin, who may approve it
+
+
+def test_team_analytics_and_oncall_may_request_but_not_approve(
+    chart: list[dict[str, Any]],
+) -> None:
+    """Both bind rdsgate-edit, which requests every Role: a Token of theirs naming a Role they
+    may not bind waits for an approval, which neither group may give."""
+    docs = with_examples(chart)
+    for user, group in (("dana", "team-analytics"), ("olga", "oncall")):
+        for role in ("app-ro", "app-rw", "prod-admin", "made-up-later"):
+            assert may(docs, user, [group], "request", "roles", SHOP, role, RDSGATE), role
+            assert not may(docs, user, [group], "approve", "roles", SHOP, role, RDSGATE), role
+            assert not may(docs, user, [group], "request", "roles", ELSEWHERE, role, RDSGATE)
+
+
+def test_developers_may_request_prod_admin_only(chart: list[dict[str, Any]]) -> None:
+    docs = with_examples(chart)
+    group = ["developers"]
+    assert may(docs, "dev", group, "request", "roles", SHOP, "prod-admin", RDSGATE)
+    assert not may(docs, "dev", group, "request", "roles", ELSEWHERE, "prod-admin", RDSGATE)
+    for role in ("prod-admin", "app-ro", "app-rw", "readonly", "made-up-later"):
+        assert not may(docs, "dev", group, "bind", "roles", SHOP, role, RDSGATE), role
+        assert not may(docs, "dev", group, "approve", "roles", SHOP, role, RDSGATE), role
+        if role != "prod-admin":
+            assert not may(docs, "dev", group, "request", "roles", SHOP, role, RDSGATE), role
+    # Creating Tokens, and all of db connect.
+    for verb, resource, name, api_group in CONNECT:
+        assert may(docs, "dev", group, verb, resource, SHOP, name, api_group), (verb, resource)
+        assert not may(docs, "dev", group, verb, resource, ELSEWHERE, name, api_group)
+    # A decision is the approver's: no update or patch of Tokens.
+    for verb in ("update", "patch", "deletecollection"):
+        assert not may(docs, "dev", group, verb, "tokens", SHOP, "orders-dev-x7k2p", RDSGATE)
+    for verb, resource, name, api_group in NEVER:
+        assert not may(docs, "dev", group, verb, resource, SHOP, name, api_group), (verb, resource)
+    assert rules_anywhere_but(docs, group, SHOP) == []
+    # Not rdsgate-edit (its request covers every Role), and no rule naming Secrets.
+    for source, rule, _ in Policy(docs).visit_rules("dev", [*group, "system:authenticated"], SHOP):
+        assert "rdsgate-edit" not in source
+        assert rule is not None
+        assert not {"secrets", "*"} & rule.resources and "*" not in rule.verbs
+
+
+#: What approving asks of the API: find the pending Tokens, read one, annotate it.
+APPROVE = [
+    ("list", "tokens", ""),
+    ("get", "tokens", "orders-dev-x7k2p"),
+    ("update", "tokens", "orders-dev-x7k2p"),
+    ("patch", "tokens", "orders-dev-x7k2p"),
+]
+
+
+def test_oncall_leads_may_approve_prod_admin_only(chart: list[dict[str, Any]]) -> None:
+    docs = with_examples(chart)
+    group = ["oncall-leads"]
+    assert may(docs, "lee", group, "approve", "roles", SHOP, "prod-admin", RDSGATE)
+    for namespace in (ELSEWHERE, ""):
+        assert not may(docs, "lee", group, "approve", "roles", namespace, "prod-admin", RDSGATE)
+    for role in ("app-ro", "app-rw", "readonly", "made-up-later"):
+        assert not may(docs, "lee", group, "approve", "roles", SHOP, role, RDSGATE), role
+    for role in ("prod-admin", "app-ro", "app-rw", "made-up-later"):
+        for verb in ("bind", "request"):
+            assert not may(docs, "lee", group, verb, "roles", SHOP, role, RDSGATE), (verb, role)
+    for verb, resource, name in APPROVE:
+        assert may(docs, "lee", group, verb, resource, SHOP, name, RDSGATE), verb
+        assert not may(docs, "lee", group, verb, resource, ELSEWHERE, name, RDSGATE), verb
+    # Nothing else: no Tokens of their own, no db connect, no Databases or Roles, no status.
+    others = [
+        ("create", "tokens", ""),
+        ("delete", "tokens", "orders-dev-x7k2p"),
+        ("deletecollection", "tokens", ""),
+        ("watch", "tokens", ""),
+        ("patch", "tokens/status", "orders-dev-x7k2p"),
+        ("get", "roles", "prod-admin"),
+        ("list", "databases", ""),
+    ]
+    for verb, resource, name in others:
+        assert not may(docs, "lee", group, verb, resource, SHOP, name, RDSGATE), (verb, resource)
+    for verb, resource, name, api_group in [*CONNECT[7:], *NEVER]:
+        assert not may(docs, "lee", group, verb, resource, SHOP, name, api_group), (verb, resource)
+    assert rules_anywhere_but(docs, group, SHOP) == []
+    rules = [
+        rule
+        for _, rule, _ in Policy(docs).visit_rules("lee", [*group, "system:authenticated"], SHOP)
+    ]
+    assert {(v, res) for r in rules if r is not None for v in r.verbs for res in r.resources} == {
+        ("approve", "roles"),
+        *((verb, resource) for verb, resource, _ in APPROVE),
+    }
+
+
+def test_requesters_and_approvers_are_different_people(chart: list[dict[str, Any]]) -> None:
+    """No group of the examples both requests and approves prod-admin; with Kubernetes'
+    admin one may do both, and the webhook refuses approving one's own request."""
+    docs = with_examples(chart)
+    groups = ["team-analytics", "oncall", "developers", "oncall-leads"]
+    for group in groups:
+        request = may(docs, "x", [group], "request", "roles", SHOP, "prod-admin", RDSGATE)
+        approve = may(docs, "x", [group], "approve", "roles", SHOP, "prod-admin", RDSGATE)
+        assert not (request and approve), group
+    assert [
+        g for g in groups if may(docs, "x", [g], "approve", "roles", SHOP, "prod-admin", RDSGATE)
+    ] == ["oncall-leads"]

@@ -95,6 +95,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "diagnoseInterval": 30.5,
             "healthPort": 9090,
             "accessRecheckInterval": 60,
+            "requestTimeout": "30m",
             "requireVerifiedRequester": True,
             "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
             "podLabels": {"team": "platform"},
@@ -269,6 +270,7 @@ def test_the_chart_environment_configures_the_operator(
     assert config.tokenreview_binding is None
     assert config.access_recheck_interval == 60
     assert config.require_verified_requester is True
+    assert config.request_timeout == 1800
     # The webhooks, in the operator's own-CA mode (cert-manager mode: test_helm_webhooks.py).
     assert config.admission is not None
     host, port = config.admission.listen
@@ -543,6 +545,19 @@ def test_notes_tell_the_next_commands(tmp_path: Path) -> None:
         assert text in notes, text
     for name in ("team-app-ro.yaml", "oncall-shop.yaml"):
         assert f"{name}" in notes and (EXAMPLES_DIR / "rbac" / name).is_file(), name
+    # Access requests (docs/access-requests.md).
+    for path in (
+        "role-prod-admin.yaml",
+        "rbac/developers-request-prod-admin.yaml",
+        "rbac/oncall-leads-approve-prod-admin.yaml",
+    ):
+        assert path in notes and (EXAMPLES_DIR / path).is_file(), path
+    for text in (
+        "or `request` (then the Token waits for an approval)",
+        "rdsgate-edit (create and delete Tokens, request any Role",
+        "rdsgate-admin (Databases, Roles, bind and approve on every Role)",
+    ):
+        assert text in " ".join(notes.split()), text
     cert_manager = render_notes(
         {
             "webhook": {"certManager": {"enabled": True, "issuerRef": {"name": "ca"}}},

@@ -156,6 +156,10 @@ REJECTED: dict[str, tuple[dict[str, Any], str]] = {
         {"operator": {"accessRecheckInterval": "5m"}},
         "at '/operator/accessRecheckInterval': got string, want number",
     ),
+    "request timeout in words": (
+        {"operator": {"requestTimeout": "an hour"}},
+        "at '/operator/requestTimeout': 'an hour' does not match",
+    ),
     "string for requireVerifiedRequester": (
         {"operator": {"requireVerifiedRequester": "true"}},
         "at '/operator/requireVerifiedRequester': got string, want boolean",

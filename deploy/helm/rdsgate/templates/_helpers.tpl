@@ -126,15 +126,12 @@ any: true
 namespaces) or in a Role per watched namespace. Each is checked against the API calls the
 operator makes in tests/helm/test_helm_rbac.py: nothing missing, nothing extra. */}}
 {{- define "rdsgate.operatorRules" -}}
-# Its three resources: watched (kopf lists and watches them), read one at a time, patched
-# (kopf's finalizer and its bookkeeping annotations prefixed rdsgate.dev/), and their status.
-# Roles are only ever listed, never read one by one.
+# Its three resources: watched (kopf lists and watches them), read one at a time (a Role:
+# whether it requires approval, when a Token naming it is admitted), patched (kopf's
+# finalizer and its bookkeeping annotations prefixed rdsgate.dev/), and their status.
 - apiGroups: [rdsgate.dev]
-  resources: [databases, tokens]
+  resources: [databases, roles, tokens]
   verbs: [get, list, watch, patch]
-- apiGroups: [rdsgate.dev]
-  resources: [roles]
-  verbs: [list, watch, patch]
 - apiGroups: [rdsgate.dev]
   resources: [databases/status, roles/status, tokens/status]
   verbs: [patch]
