@@ -260,8 +260,21 @@ def test_a_request_waits_then_an_approval_grants_it_for_the_roles_ttl(
     refused = refusal(lambda: api.patch("Token", ns, "alice-prod", {"spec": {"ttl": "30d"}}))
     assert "spec.ttl of a requested Token cannot change" in refused.message
 
-    # The approver losing `approve` changes nothing; the requester losing `request` does.
+    # The approver losing `approve` changes nothing (rechecks keep coming every second)...
     api.delete("RoleBinding", ns, "approve-prod-admin-oncall-leads", api_version=RBAC_V1)
+    rechecks = len([c for c in k8s.emulator.calls if c.resource == "subjectaccessreviews"])
+    wait_for(
+        lambda: (
+            len([c for c in k8s.emulator.calls if c.resource == "subjectaccessreviews"])
+            >= rechecks + 2
+        ),
+        "two more rechecks",
+        20,
+    )
+    assert f"{ns}/alice-prod" in bundle_grants(api, ns)
+    ready = Api.condition(api.get("Token", ns, "alice-prod"), "Ready")
+    assert ready is not None and ready["reason"] == "Granted"
+    # ... the requester losing `request` ends it.
     api.delete("RoleBinding", ns, "request-prod-admin-developers", api_version=RBAC_V1)
     revoked = wait_for(
         lambda: (
@@ -295,6 +308,19 @@ def test_a_denial_grants_nothing_and_says_who_and_why(
     events = [e for e in api.events(ns, "alice-deny") if e["reason"] == "AccessDenied"]
     assert events and events[0]["type"] == "Warning" and "carol" in events[0]["message"]
     assert f"{ns}/alice-deny" not in bundle_grants(api, ns)
+
+
+def test_a_token_cannot_be_created_approved(k8s: ApiServer, ns: str) -> None:
+    forged = request(ns, "alice-forged", "prod-admin")
+    forged["metadata"]["annotations"] |= {
+        "rdsgate.dev/approved-by": "bob",
+        "rdsgate.dev/approval-reason": "trust me",
+    }
+    refused = refusal(lambda: as_user(k8s, "alice").create(forged))
+    assert refused.status == 422
+    assert "a Token is approved by an update of it, by someone else, not created approved" in (
+        refused.message
+    )
 
 
 def test_an_unanswered_request_expires(k8s: ApiServer, ns: str, operator: OperatorProcess) -> None:
