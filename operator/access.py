@@ -30,7 +30,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import ValidationError
@@ -198,16 +198,15 @@ def spec_ttl(token: Mapping[str, Any]) -> float | None:
         raise InvalidSpec(f"spec.ttl: {exc}") from exc
 
 
-def _ttl_start(token: Mapping[str, Any], now: datetime) -> datetime | None:
-    """When the TTL starts running: at the approval of a Token that was decided on, not at
-    all while a requested one waits, else at creation."""
+def _ttl_start(token: Mapping[str, Any], now: datetime) -> datetime:
+    """When the TTL starts running: at the decision on a Token that was decided on, else at
+    creation. (Whether a Token waits for an approval, so that its TTL has not started at
+    all, only the compile knows: it passes `start`.)"""
     annotations = meta_of(token).get("annotations") or {}
     decided = annotations.get(admission.DECIDED_AT)
     if isinstance(decided, str):
         with contextlib.suppress(ValueError):
             return parse_timestamp(decided)
-    if annotations.get(admission.REQUEST_REASON):
-        return None
     created = meta_of(token).get("creationTimestamp")
     if isinstance(created, str):
         with contextlib.suppress(ValueError):
@@ -216,7 +215,10 @@ def _ttl_start(token: Mapping[str, Any], now: datetime) -> datetime | None:
 
 
 def token_expiry(
-    token: Mapping[str, Any], now: datetime, cap: float | None = None
+    token: Mapping[str, Any],
+    now: datetime,
+    cap: float | None = None,
+    start: datetime | Literal["auto"] | None = "auto",
 ) -> datetime | None:
     """When the Token expires: `status.expiresAt` once set, else the start of its TTL (see
     `_ttl_start`) + `spec.ttl`, cut to `cap` seconds (a Role's maxTokenTTL). None: no end, or
@@ -235,10 +237,10 @@ def token_expiry(
         seconds = cap if seconds is None else min(seconds, cap)
     if seconds is None:
         return None
-    start = _ttl_start(token, now)
-    if start is None:
+    begins = _ttl_start(token, now) if start == "auto" else start
+    if begins is None:
         return None
-    return (start + timedelta(seconds=seconds)).replace(microsecond=0)
+    return (begins + timedelta(seconds=seconds)).replace(microsecond=0)
 
 
 def token_roles(token: Mapping[str, Any]) -> list[str]:
@@ -496,13 +498,18 @@ def _token_findings(
     problems, revoked = _requester_problems(check, namespace, require_verified)
     wanted = token_roles(token)
     cap = _ttl_cap(wanted, roles)
+    approval = _approval(token, wanted, roles, check, now, request_timeout)
+    # The TTL runs from the approval of a Token that needed one, and not at all before.
+    start: datetime | Literal["auto"] | None = "auto"
+    if approval.state != "NotRequired":
+        start = approval.decision.at if approval.approved and approval.decision else None
     ttl: float | None = None
     ttl_cut_by: str | None = None
     try:
         ttl = spec_ttl(token)
         if cap is not None and (ttl is None or cap[0] < ttl):
             ttl, ttl_cut_by = cap
-        expires_at = token_expiry(token, now, cap[0] if cap else None)
+        expires_at = token_expiry(token, now, cap[0] if cap else None, start)
     except InvalidSpec as exc:
         problems.append(exc)
         expires_at = None
@@ -545,7 +552,7 @@ def _token_findings(
         revoked=revoked,
         forged_stamp=check.forged,
         unchecked=check.unknown if check.in_force and not check.lost else None,
-        approval=_approval(token, wanted, roles, check, now, request_timeout),
+        approval=approval,
         ttl=ttl,
         ttl_cut_by=ttl_cut_by,
     )

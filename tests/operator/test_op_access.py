@@ -761,3 +761,17 @@ def test_max_token_ttl_caps_tokens_that_need_no_approval() -> None:
     }
     assert result.tokens["forever"].ttl_cut_by == "capped"
     assert result.tokens["short"].ttl_cut_by is None
+
+
+def test_a_request_reason_on_a_token_that_needs_no_approval_starts_its_ttl_at_creation() -> None:
+    """A reason does not make a Token wait: its TTL (and the Role's cap) run as for any."""
+    capped = role(
+        "capped",
+        allow={"databases": {}, "databaseNames": ["*"], "databaseUsers": ["*"]},
+        options={"maxTokenTTL": "1h"},
+    )
+    t = requested("t", "capped", ttl="8h")
+    result = compile_([database("orders", env="prod")], [capped], [t])
+    (grant,) = result.bundles["orders"].grants
+    assert grant.expires_at == NOW + timedelta(hours=1)
+    assert result.tokens["t"].approval.state == "NotRequired"
