@@ -8,7 +8,8 @@ forwards a local port to a proxy pod through the Kubernetes API (no kubectl need
 runs psql with a `PG*` environment that presents that certificate and verifies the
 proxy's for `<db>.<ns>.svc`. No password exists and no Secret is read. `ls` shows what the
 caller's roles allow and their Tokens; `logout` deletes the caller's CLI Tokens and key
-pairs. Who the caller is, and which Tokens are theirs: `caller.py`; the key: `keypair.py`.
+pairs. Who the caller is, and which Tokens are theirs: `caller.py`; the key: `keypair.py`;
+access requests (`connect --request --reason`): `tokens.py` and `approval.py`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from rdsgate.proxy.durations import format_duration, parse_duration
 
 from ..objects import spec_of
 from ..status import parse_timestamp
+from .approval import approval_roles, program
 from .errors import CliError
 from .exitcodes import (
     EXIT_DENIED,
@@ -71,7 +73,7 @@ from .resources import (
     token_expires_at,
     unique,
 )
-from .tokens import CA_CONFIG_MAP, obtain_token, read_ca, requested_by
+from .tokens import CA_CONFIG_MAP, Asking, obtain_token, read_ca, requested_by
 
 if TYPE_CHECKING:
     from .portforward import PortForwarder
@@ -106,6 +108,17 @@ Roles: --role R (repeatable) names the Token's roles; without it, the Token gets
 Role in the namespace that on its own allows DB_USER on DB_NAME on this Database (of
 those, the ones you may `bind`, when the API server says so). Creating a Token naming a
 Role you may not bind is refused by the API server (exit 5, in its words).
+
+Access requests: with --request --reason "why", the Token carries your reason (annotation
+rdsgate.dev/request-reason) and may name Roles you may only `request`. If one of its Roles
+requires approval (spec.options.requireApproval), or you may only request it, the Token
+waits until someone else with the verb `approve` on it runs `rdsgate requests approve`:
+this prints whom to ask and waits (no --timeout while a person decides; the operator's
+--request-timeout, 1h by default, expires the request), then connects as usual. A denial
+or the expiry ends it at once (exit 5, exit 6), with who and why. Ctrl-C leaves the
+request pending; the same command takes it up again (`db connect` reuses your pending or
+approved request for the same login, roles and key instead of asking anew). Without
+--request, a Role that requires approval is refused by the API server.
 
 --print-env prints `export PG...=...` lines (shell-quoted) instead of running psql, then a
 line starting with "# rdsgate:". With a port-forward the command then keeps forwarding in
@@ -148,6 +161,12 @@ def _database_name(text: str) -> str:
             f"{text!r} is not a Database name (lowercase letters, digits, '-' and '.')"
         )
     return text
+
+
+def _reason(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("say why you need the access")
+    return text.strip()
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -227,7 +246,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     con = db_sub.add_parser(
         "connect",
         parents=[common],
-        usage="%(prog)s NAME --db-user DB_USER --db-name DB_NAME [options] [-- PSQL_ARGS ...]",
+        usage="%(prog)s NAME --db-user DB_USER --db-name DB_NAME [--request --reason REASON] "
+        "[options] [-- PSQL_ARGS ...]",
         help="psql to a Database through a port-forward, with a short-lived Token",
         description=CONNECT_DESCRIPTION,
         epilog=EXIT_EPILOG,
@@ -245,6 +265,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     con.add_argument(
         "--ttl", type=_ttl, default=DEFAULT_TTL, help=f"the Token's lifetime ({DEFAULT_TTL})"
+    )
+    con.add_argument(
+        "--request",
+        action="store_true",
+        help="ask for access that needs someone's approval, and wait for it (with --reason)",
+    )
+    con.add_argument(
+        "--reason",
+        type=_reason,
+        metavar="REASON",
+        help="why you need the access (with --request): the approver reads it, the audit "
+        "trail keeps it",
     )
     con.add_argument(
         "--print-env", action="store_true", help="print the PG* environment instead of psql"
@@ -589,7 +621,23 @@ def _serve_until_stopped() -> None:
             signal.signal(sig, old)
 
 
+def _check_request_args(args: argparse.Namespace) -> None:
+    if args.reason is not None and not args.request:
+        raise CliError(
+            "--reason goes with --request (ask for access that needs an approval): add "
+            "--request, or leave out --reason",
+            EXIT_USAGE,
+        )
+    if args.request and args.reason is None:
+        raise CliError(
+            '--request needs --reason "why you need it": the approver reads it, and it goes '
+            "into the audit trail",
+            EXIT_USAGE,
+        )
+
+
 def run_connect(args: argparse.Namespace) -> int:
+    _check_request_args(args)
     psql = None
     if not args.print_env:
         psql = shutil.which("psql")
@@ -607,22 +655,44 @@ def run_connect(args: argparse.Namespace) -> int:
     db = get_database(s.api, ns, name)
     check_ready(db, ns)
     now = datetime.now(UTC)
-    roles = choose_roles(list_roles(s.api, ns), args.role, db, ns, args.db_user, args.db_name, now)
+    known = list_roles(s.api, ns)
+    roles = choose_roles(known, args.role, db, ns, args.db_user, args.db_name, now)
     if not args.role:
-        roles = prefer_bindable(s.api, ns, roles)
+        roles = prefer_bindable(
+            s.api, ns, roles, ("bind", "request") if args.request else ("bind",)
+        )
+    argv = getattr(args, "argv", None)
+    asking = Asking(
+        args.reason if args.request else None,
+        approval_roles(known, roles),
+        f"{program()} {shlex.join(sys.argv[1:] if argv is None else argv)}",
+    )
     ca_pem = read_ca(s)
     keys = key_pair(cache_dir(s.cluster.context, ns) / name)
     if keys.created:
         progress.done(f"Made your key pair for Database {ns}/{name}: {keys.key_file}")
     backoff = Backoff(time.monotonic() + args.timeout)
     grantee = obtain_token(
-        s, name, args.db_user, args.db_name, roles, args.ttl, keys, backoff, args.timeout, progress
+        s,
+        name,
+        args.db_user,
+        args.db_name,
+        roles,
+        args.ttl,
+        keys,
+        backoff,
+        args.timeout,
+        progress,
+        asking,
     )
     token_name = name_of(grantee.token)
     expires = token_expires_at(grantee.token)
+    verb = "Reusing" if grantee.reused else "Granted" if grantee.approved_by else "Created"
     progress.done(
-        f"{'Reusing' if grantee.reused else 'Created'} Token {ns}/{token_name} "
-        f"(roles {', '.join(roles)}" + (f"; expires {_when(expires)}" if expires else "") + ")"
+        f"{verb} Token {ns}/{token_name} (roles {', '.join(roles)}"
+        + (f"; approved by {grantee.approved_by}" if grantee.approved_by else "")
+        + (f"; expires {_when(expires)}" if expires else "")
+        + ")"
     )
     if not issued_by(grantee.certificate.pem, ca_pem):
         raise CliError(

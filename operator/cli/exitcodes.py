@@ -20,8 +20,10 @@ exit codes:
      ConfigMap rdsgate-ca with the proxies' CA, are missing)
   {EXIT_NOT_READY}  the Database is not Ready (its Ready condition's message says why)
   {EXIT_DENIED}  the roles do not allow the database user / name (the rule is named), or the
-     API server refused the Token (you may not bind one of its Roles) or withdrew it
-  {EXIT_TIMEOUT}  the Token's certificate, or the proxy's acceptance of it, did not come in time
+     API server refused the Token (you may not bind one of its Roles, or one needs an
+     approval: --request --reason) or withdrew it, or your request was denied
+  {EXIT_TIMEOUT}  the Token's certificate, or the proxy's acceptance of it, did not come in
+     time, or your request expired before anyone approved it
   {EXIT_NO_PSQL}  psql is not installed (--print-env works without it)
   130  interrupted
 """

@@ -25,6 +25,11 @@ def custom_path(namespace: str, plural: str, name: str | None = None) -> str:
     return path + (f"/{quote(name)}" if name else "")
 
 
+def custom_path_all(plural: str) -> str:
+    """The collection across every namespace (`kubectl get -A`)."""
+    return f"/apis/{GROUP}/{VERSION}/{plural}"
+
+
 def core_path(namespace: str, plural: str, name: str | None = None) -> str:
     path = f"/api/v1/namespaces/{quote(namespace)}/{plural}"
     return path + (f"/{quote(name)}" if name else "")
@@ -136,6 +141,13 @@ class KubeApi:
             return out if isinstance(out, dict) else {}
         result = self.request("POST", path, what, body=dict(body))
         return result if isinstance(result, dict) else {}
+
+    def merge_patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """PATCH as a JSON merge patch; an ApiException propagates for the caller to judge."""
+        out = self._call(
+            "PATCH", path, body=dict(body), content_type="application/merge-patch+json"
+        )
+        return out if isinstance(out, dict) else {}
 
     def delete(self, path: str, what: str) -> bool:
         """DELETE; False when it was already gone."""

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from rich.console import Console
 from rich.text import Text
 
-from . import db, demo, diagnose, iam
+from . import db, demo, diagnose, iam, requests
 from .errors import CliError
 
 COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
@@ -22,6 +22,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], N
     demo.register,
     diagnose.register,
     iam.register,
+    requests.register,
 ]
 
 
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # What the user typed, for commands that tell them how to come back (db connect --request).
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -54,6 +54,11 @@ class Backoff:
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
 
+    def restart(self, timeout: float) -> None:
+        """The deadline is `timeout` from now (while a request waits for a person, the
+        deadline waits too)."""
+        self.deadline = time.monotonic() + timeout
+
     def sleep(self) -> None:
         time.sleep(min(self.delay, self.remaining))
         self.delay = min(self.delay * 1.6, 1.0)

@@ -220,10 +220,11 @@ def choose_roles(
     )
 
 
-def may_bind(api: KubeApi, ns: str, role: str) -> bool | None:
-    """Whether the caller may `bind` the Role, per a SelfSubjectAccessReview (what
-    `kubectl auth can-i bind roles.rdsgate.dev/ROLE` asks); None when the API server does
-    not answer one. The admission webhook asks the same of the API server for the Token."""
+def may_bind(api: KubeApi, ns: str, role: str, verb: str = "bind") -> bool | None:
+    """Whether the caller may `bind` the Role (or another verb on it: `request`), per a
+    SelfSubjectAccessReview (what `kubectl auth can-i bind roles.rdsgate.dev/ROLE` asks);
+    None when the API server does not answer one. The admission webhook asks the same of
+    the API server for the Token."""
     from kubernetes.client.exceptions import ApiException
 
     review = {
@@ -232,7 +233,7 @@ def may_bind(api: KubeApi, ns: str, role: str) -> bool | None:
         "spec": {
             "resourceAttributes": {
                 "namespace": ns,
-                "verb": "bind",
+                "verb": verb,
                 "group": "rdsgate.dev",
                 "resource": "roles",
                 "name": role,
@@ -246,22 +247,27 @@ def may_bind(api: KubeApi, ns: str, role: str) -> bool | None:
     except ApiException as exc:
         if exc.status in (403, 404, 405):
             return None
-        raise api.error(exc, f"ask the API server whether you may bind Role {ns}/{role}") from exc
+        raise api.error(exc, f"ask the API server whether you may {verb} Role {ns}/{role}") from exc
     allowed = (out.get("status") or {}).get("allowed")
     return allowed if isinstance(allowed, bool) else None
 
 
-def prefer_bindable(api: KubeApi, ns: str, roles: Sequence[str]) -> list[str]:
-    """Of the default roles, those the caller may `bind` (a Token naming any other is refused
-    at admission). When they may bind none, or the API server cannot say, all of them: the
-    API server has the last word, and a cluster without the webhooks needs no `bind`."""
+def prefer_bindable(
+    api: KubeApi, ns: str, roles: Sequence[str], verbs: Sequence[str] = ("bind",)
+) -> list[str]:
+    """Of the default roles, those the caller may `bind` (or, with `verbs`, `request`: for
+    `db connect --request`); a Token naming any other is refused at admission. When they
+    may bind none, or the API server cannot say, all of them: the API server has the last
+    word, and a cluster without the webhooks needs no `bind`."""
     allowed = []
     for role in roles:
-        verdict = may_bind(api, ns, role)
-        if verdict is None:
-            return list(roles)
-        if verdict:
-            allowed.append(role)
+        for verb in verbs:
+            verdict = may_bind(api, ns, role, verb)
+            if verdict is None:
+                return list(roles)
+            if verdict:
+                allowed.append(role)
+                break
     return allowed or list(roles)
 
 

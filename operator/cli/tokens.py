@@ -5,10 +5,18 @@ A Token is labelled as the caller's (`caller.py`), asks for exactly one login
 the public half of the caller's key pair (`spec.publicKey`, `keypair.py`). The operator
 writes no Secret for it: it signs a client certificate for that key into
 `status.certificate`. Nothing here reads a Secret, so a person needs no RBAC on Secrets.
+
+With `db connect --request` the Token also carries the caller's reason
+(`rdsgate.dev/request-reason`) and, if one of its Roles requires approval or the caller may
+only `request` it, waits for someone else to approve it (`approval.py`). The wait for a
+person has no deadline of the CLI's (the operator expires the request); Ctrl-C leaves the
+request pending, and the next `db connect` for the same login, roles and key takes it up
+again instead of asking anew.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 import string
 from collections.abc import Mapping, Sequence
@@ -16,9 +24,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from rich.text import Text
+
 from rdsgate.proxy.durations import format_duration, parse_duration
 
 from ..objects import meta_of, spec_of
+from ..status import parse_timestamp
+from .approval import (
+    APPROVED,
+    DENIED,
+    EXPIRED,
+    PENDING,
+    REQUEST_REASON,
+    Standing,
+    program,
+    quoted_roles,
+    standing,
+)
 from .caller import (
     ANNOTATION_OWNER_NAME,
     ANNOTATION_OWNER_SOURCE,
@@ -51,7 +73,15 @@ REUSE_MIN_LEFT = timedelta(minutes=5)
 
 #: Token reasons that waiting does not fix.
 FINAL_REASONS = frozenset(
-    {"RoleInvalid", "InvalidSpec", "Expired", "BindRevoked", "RequesterUnverified"}
+    {
+        "RoleInvalid",
+        "InvalidSpec",
+        "Expired",
+        "BindRevoked",
+        "RequesterUnverified",
+        "AccessDenied",
+        "RequestExpired",
+    }
 )
 
 #: The ConfigMap with the proxies' CA in every namespace with a Database (render.py).
@@ -89,6 +119,19 @@ class Grantee:
     token: dict[str, Any]
     certificate: Certificate
     reused: bool
+    #: Who approved it, for a Token that waited for an approval.
+    approved_by: str | None = None
+
+
+@dataclass(frozen=True)
+class Asking:
+    """What `db connect` says about access requests: the caller's reason (`--request
+    --reason`; None without `--request`), whose `approve` it needs, and the command that
+    comes back to it after Ctrl-C."""
+
+    reason: str | None
+    approval_roles: Sequence[str]
+    resume: str
 
 
 def token_name_for(db: str, caller: Caller) -> str:
@@ -107,7 +150,14 @@ def token_body(
     roles: Sequence[str],
     ttl: str,
     public_key: str,
+    reason: str | None = None,
 ) -> dict[str, Any]:
+    annotations = {
+        ANNOTATION_OWNER_NAME: caller.username,
+        ANNOTATION_OWNER_SOURCE: caller.source,
+    }
+    if reason:
+        annotations[REQUEST_REASON] = reason
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "Token",
@@ -119,10 +169,7 @@ def token_body(
                 LABEL_OWNER: caller.label,
                 LABEL_DATABASE: db,
             },
-            "annotations": {
-                ANNOTATION_OWNER_NAME: caller.username,
-                ANNOTATION_OWNER_SOURCE: caller.source,
-            },
+            "annotations": annotations,
         },
         "spec": {
             "roles": list(roles),
@@ -158,6 +205,25 @@ def granted_certificate(token: Mapping[str, Any], db: str, public_key: str) -> C
     return cert
 
 
+def _same_login(
+    token: Mapping[str, Any],
+    db: str,
+    user: str,
+    dbname: str,
+    roles: Sequence[str],
+    public_key: str,
+) -> bool:
+    """For the same Database, user, database name and roles, and for this key."""
+    spec = spec_of(token)
+    if (spec.get("database"), spec.get("databaseUser"), spec.get("databaseName")) != (
+        db,
+        user,
+        dbname,
+    ) or sorted(spec.get("roles") or []) != sorted(roles):
+        return False
+    return same_public_key(str(spec.get("publicKey") or ""), public_key)
+
+
 def reusable(
     tokens: Sequence[Mapping[str, Any]],
     db: str,
@@ -172,14 +238,7 @@ def reusable(
     certificate has the most life left (and at least `min_left`)."""
     found = []
     for token in tokens:
-        spec = spec_of(token)
-        if (spec.get("database"), spec.get("databaseUser"), spec.get("databaseName")) != (
-            db,
-            user,
-            dbname,
-        ) or sorted(spec.get("roles") or []) != sorted(roles):
-            continue
-        if not same_public_key(str(spec.get("publicKey") or ""), public_key):
+        if not _same_login(token, db, user, dbname, roles, public_key):
             continue
         expires = token_expires_at(token)
         cert = granted_certificate(token, db, public_key)
@@ -193,6 +252,87 @@ def reusable(
     return token, cert
 
 
+def _created(token: Mapping[str, Any]) -> str:
+    return str(meta_of(token).get("creationTimestamp") or "")
+
+
+def open_request(
+    tokens: Sequence[Mapping[str, Any]],
+    db: str,
+    user: str,
+    dbname: str,
+    roles: Sequence[str],
+    public_key: str,
+    now: datetime,
+    min_left: timedelta,
+) -> Mapping[str, Any] | None:
+    """The caller's newest request for the same login, roles and key that may still be
+    granted: pending (or not yet judged by the operator), or approved with at least
+    `min_left` of its TTL left. Denied and expired requests are never taken up again."""
+    found = []
+    for token in tokens:
+        if not _same_login(token, db, user, dbname, roles, public_key):
+            continue
+        st = standing(token)
+        if not (st.is_request and st.open) or token_expired(token, now):
+            continue
+        ready = condition(token, "Ready") or {}
+        if ready.get("status") == "False" and ready.get("reason") in FINAL_REASONS:
+            continue
+        expires = token_expires_at(token)
+        if expires is not None and expires - now < min_left:
+            continue
+        found.append(token)
+    return max(found, key=_created) if found else None
+
+
+_EXPIRES_AT = re.compile(r"expires at (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)")
+_NOT_ANSWERED_BY = re.compile(r"not answered by (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)")
+
+
+def _moment(pattern: re.Pattern[str], message: object) -> str | None:
+    """A time the operator's message names, as the CLI prints times."""
+    found = pattern.search(str(message or ""))
+    if found is None:
+        return None
+    try:
+        return parse_timestamp(found.group(1)).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except ValueError:
+        return None
+
+
+def _request_deadline(st: Standing) -> str | None:
+    """When a pending request expires, as the operator's Approved condition says."""
+    return _moment(_EXPIRES_AT, st.message)
+
+
+def _ask_for_approval(progress: Progress, ns: str, name: str, asking: Asking) -> None:
+    """Whom to ask, and what they run."""
+    roles = quoted_roles(asking.approval_roles)
+    progress.console.print(
+        Text(
+            f"Ask someone with the verb approve on roles.rdsgate.dev {roles} in {ns} to run:\n"
+            f'  {program()} requests approve {name} -n {ns} --reason "..."'
+        ),
+        soft_wrap=True,
+    )
+
+
+def _stopped_waiting(progress: Progress, ns: str, name: str, st: Standing, asking: Asking) -> None:
+    """After Ctrl-C: where the request stands, and how to come back to it."""
+    if st.state == APPROVED:
+        where = f"Your request {ns}/{name} is approved"
+    elif st.state == PENDING:
+        deadline = _request_deadline(st)
+        where = f"Your request {ns}/{name} stays pending" + (
+            f" (it expires at {deadline} unless someone approves it first)" if deadline else ""
+        )
+    else:
+        where = f"Your request {ns}/{name} stays"
+    progress.warn(f"Stopped waiting. {where}. To come back to it, run the same command:")
+    progress.console.print(Text(f"  {asking.resume}"), soft_wrap=True)
+
+
 def wait_for_token(
     s: Session,
     name: str,
@@ -201,47 +341,98 @@ def wait_for_token(
     backoff: Backoff,
     timeout: float,
     progress: Progress,
+    asking: Asking | None = None,
 ) -> Grantee:
-    """The Token once the operator granted it on `db` and signed a certificate for our key."""
+    """The Token once the operator granted it on `db` and signed a certificate for our key.
+
+    While it waits for a person's approval, `timeout` waits too: it counts again from the
+    approval. A denial or the request's expiry ends the wait at once."""
     ns = s.ns
     path = custom_path(ns, "tokens", name)
-    with progress.waiting(f"Waiting for Token {ns}/{name} to be granted…") as update:
-        while True:
-            token = s.api.get(path, f"read Token {ns}/{name}")
-            if token is None:
-                raise CliError(f"Token {ns}/{name} was deleted while waiting for it", EXIT_ERROR)
-            cert = granted_certificate(token, db, public_key)
-            if cert is not None:
-                return Grantee(token, cert, reused=False)
-            ready = condition(token, "Ready") or {}
-            if ready.get("status") == "False" and ready.get("reason") in FINAL_REASONS:
-                raise CliError(
-                    f"Token {ns}/{name} cannot be used: Ready=False ({ready.get('reason')}): "
-                    f"{ready.get('message')}",
-                    EXIT_DENIED if ready.get("reason") == "BindRevoked" else EXIT_ERROR,
-                )
-            if backoff.expired:
-                found = conditions_text(token) or (
-                    "it has no status yet - is the rdsgate operator running? (it signs the "
-                    "Token's certificate)"
-                )
-                raise CliError(
-                    f"Token {ns}/{name} was not ready within {format_duration(timeout)}: {found}",
-                    EXIT_TIMEOUT,
-                )
-            if ready.get("status") == "True":
-                update(f"Waiting for Token {ns}/{name}: the operator signs its certificate…")
-            elif ready:
-                update(
-                    f"Waiting for Token {ns}/{name}: Ready={ready.get('status')} "
-                    f"({ready.get('reason')}) {ready.get('message') or ''}".rstrip()
-                )
-            backoff.sleep()
+    st: Standing | None = None
+    asked = approved = False
+    try:
+        with progress.waiting(f"Waiting for Token {ns}/{name} to be granted…") as update:
+            while True:
+                token = s.api.get(path, f"read Token {ns}/{name}")
+                if token is None:
+                    raise CliError(
+                        f"Token {ns}/{name} was deleted while waiting for it", EXIT_ERROR
+                    )
+                st = standing(token)
+                if st.state == APPROVED and not approved and st.is_request:
+                    approved = True
+                    why = f": {st.decision_reason}" if st.decision_reason else ""
+                    progress.done(f"Approved by {st.decided_by or 'someone'}{why}")
+                cert = granted_certificate(token, db, public_key)
+                if cert is not None:
+                    by = st.decided_by if st.state == APPROVED else None
+                    return Grantee(token, cert, reused=False, approved_by=by)
+                ready = condition(token, "Ready") or {}
+                if st.state == DENIED:
+                    raise CliError(
+                        f"your request {ns}/{name} was denied by {st.decided_by or 'someone'}"
+                        + (f": {st.decision_reason}" if st.decision_reason else ""),
+                        EXIT_DENIED,
+                    )
+                if st.state == EXPIRED:
+                    by = _moment(_NOT_ANSWERED_BY, ready.get("message"))
+                    raise CliError(
+                        f"your request {ns}/{name} expired: nobody approved it "
+                        + (f"by {by}" if by else "in time")
+                        + (
+                            f". To ask again, run the same command: {asking.resume}"
+                            if asking is not None
+                            else ""
+                        ),
+                        EXIT_TIMEOUT,
+                    )
+                if ready.get("status") == "False" and ready.get("reason") in FINAL_REASONS:
+                    raise CliError(
+                        f"Token {ns}/{name} cannot be used: Ready=False ({ready.get('reason')}): "
+                        f"{ready.get('message')}",
+                        EXIT_DENIED if ready.get("reason") == "BindRevoked" else EXIT_ERROR,
+                    )
+                if st.state == PENDING:
+                    if not asked and asking is not None:
+                        asked = True
+                        _ask_for_approval(progress, ns, name, asking)
+                    # A person decides: no deadline of ours (the operator expires it).
+                    backoff.restart(timeout)
+                    deadline = _request_deadline(st)
+                    update(
+                        f"Waiting for someone to approve Token {ns}/{name}"
+                        + (f" (the request expires at {deadline})" if deadline else "")
+                        + "… Ctrl-C stops waiting and leaves the request pending"
+                    )
+                elif backoff.expired:
+                    found = conditions_text(token) or (
+                        "it has no status yet - is the rdsgate operator running? (it signs "
+                        "the Token's certificate)"
+                    )
+                    raise CliError(
+                        f"Token {ns}/{name} was not ready within {format_duration(timeout)}: "
+                        f"{found}",
+                        EXIT_TIMEOUT,
+                    )
+                elif ready.get("status") == "True":
+                    update(f"Waiting for Token {ns}/{name}: the operator signs its certificate…")
+                elif ready:
+                    update(
+                        f"Waiting for Token {ns}/{name}: Ready={ready.get('status')} "
+                        f"({ready.get('reason')}) {ready.get('message') or ''}".rstrip()
+                    )
+                backoff.sleep()
+    except KeyboardInterrupt:
+        if asking is not None and st is not None and st.is_request:
+            _stopped_waiting(progress, ns, name, st, asking)
+        raise
 
 
-def create_token(s: Session, body: Mapping[str, Any]) -> None:
+def create_token(s: Session, body: Mapping[str, Any], *, asking: bool = False) -> None:
     """POSTs the Token; a refusal by the rdsgate admission webhooks is shown in the API
-    server's words (`alice may not bind Role "app-rw" …`) and exits "denied"."""
+    server's words (`alice may not bind Role "app-rw" …`) and exits "denied". When the
+    Token needed a request reason and `db connect` was not asked to request, says how."""
     from kubernetes.client.exceptions import ApiException
 
     what = f"create Token {s.ns}/{name_of(body)}"
@@ -250,6 +441,13 @@ def create_token(s: Session, body: Mapping[str, Any]) -> None:
     except ApiException as exc:
         message = status_message(exc)
         if "admission webhook" in message and "denied the request" in message:
+            if REQUEST_REASON in message:  # it needs an approval, so a reason
+                hint = (
+                    ""
+                    if asking
+                    else '. To ask for an approval, add --request --reason "why you need it"'
+                )
+                raise CliError(f"cannot {what}: {message}{hint}", EXIT_DENIED) from exc
             code = EXIT_DENIED if exc.status == 403 else EXIT_ERROR
             raise CliError(f"cannot {what}: {message}", code) from exc
         if "failed calling webhook" in message:
@@ -278,6 +476,14 @@ def forget_expired(s: Session, tokens: Sequence[Mapping[str, Any]], now: datetim
         Progress(s.err).done(f"Deleted your expired Token {s.ns}/{name}")
 
 
+def _age(token: Mapping[str, Any], now: datetime) -> str | None:
+    try:
+        created = parse_timestamp(_created(token))
+    except ValueError:
+        return None
+    return format_duration(max(0.0, (now - created).total_seconds()))
+
+
 def obtain_token(
     s: Session,
     db: str,
@@ -289,8 +495,10 @@ def obtain_token(
     backoff: Backoff,
     timeout: float,
     progress: Progress,
+    asking: Asking | None = None,
 ) -> Grantee:
-    """A granted Token of the caller's for this login and key: reused, or created and awaited."""
+    """A granted Token of the caller's for this login and key: reused, or taken up from an
+    open request of theirs, or created (with `asking.reason`, a request), and awaited."""
     now = datetime.now(UTC)
     mine = caller_tokens(s.api, s.ns, s.caller)
     forget_expired(s, mine, now)
@@ -299,7 +507,24 @@ def obtain_token(
     found = reusable(mine, db, user, dbname, roles, public_key, now, min_left)
     if found is not None:
         token, cert = found
-        return Grantee(dict(token), cert, reused=True)
+        st = standing(token)
+        by = st.decided_by if st.state == APPROVED else None
+        return Grantee(dict(token), cert, reused=True, approved_by=by)
+    request = open_request(mine, db, user, dbname, roles, public_key, now, min_left)
+    if request is not None:
+        name = name_of(request)
+        st = standing(request)
+        age = _age(request, now)
+        progress.done(
+            f"Found your request {s.ns}/{name}"
+            + (f", asked {age} ago" if age else "")
+            + (f": {st.request_reason}" if st.request_reason else "")
+        )
+        return wait_for_token(s, name, db, public_key, backoff, timeout, progress, asking)
     name = token_name_for(db, s.caller)
-    create_token(s, token_body(s.ns, name, s.caller, db, user, dbname, roles, ttl, public_key))
-    return wait_for_token(s, name, db, public_key, backoff, timeout, progress)
+    reason = asking.reason if asking is not None else None
+    body = token_body(s.ns, name, s.caller, db, user, dbname, roles, ttl, public_key, reason)
+    create_token(s, body, asking=reason is not None)
+    if reason is not None:
+        progress.done(f"Requested access: Token {s.ns}/{name} (roles {', '.join(roles)})")
+    return wait_for_token(s, name, db, public_key, backoff, timeout, progress, asking)

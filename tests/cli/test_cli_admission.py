@@ -12,27 +12,23 @@ is then held against that RBAC, as the API server's authorizer would.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from rdsgate.lab.rdsproxy import RdsProxyStandIn
 from tests.cli.conftest import (
     ORDERS,
     ROLES,
     MakePerson,
-    Person,
     ProxyPod,
     World,
     build_world,
     psql,
     running_proxy_pod,
 )
-from tests.fixtures import rbac
+from tests.cli.rbac_docs import assert_within_documented_rbac, direct, exports, grant
 from tests.fixtures.k8s import (
     RBAC_V1,
     Api,
@@ -43,7 +39,6 @@ from tests.fixtures.k8s import (
 )
 from tests.fixtures.lab import DbIdentity, LabCA
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 #: A Role that, like readonly, allows `reporting`: a person who may bind only readonly gets
 #: a Token naming only readonly by default, not one the webhook would refuse.
 ALSO_REPORTING: dict[str, Any] = {
@@ -52,8 +47,6 @@ ALSO_REPORTING: dict[str, Any] = {
     "metadata": {"name": "reporting-too"},
     "spec": {"allow": {"databases": {}, "databaseNames": ["*"], "databaseUsers": ["reporting"]}},
 }
-#: What every authenticated user may do in any cluster (the ClusterRole system:basic-user).
-BASIC_USER = {"selfsubjectreviews", "selfsubjectaccessreviews"}
 
 
 @pytest.fixture(scope="module")
@@ -84,84 +77,6 @@ def proxy_pod(
 ) -> Iterator[ProxyPod]:
     with running_proxy_pod(world, proxy_identity, tmp_path_factory.mktemp("pod")) as pod:
         yield pod
-
-
-def documented_rbac() -> list[dict[str, Any]]:
-    """The YAML of docs/cli.md's "What a person needs in RBAC"."""
-    text = DOCS.read_text()
-    section = text[text.index("## What a person needs in RBAC") :]
-    section = section[: section.index("\n## ", 1)]
-    blocks = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
-    assert blocks, "no YAML in docs/cli.md's RBAC section"
-    return [d for block in blocks for d in yaml.safe_load_all(block) if d]
-
-
-def grant(world: World, who: Person, *bindable: str) -> str:
-    """The documented RBAC for `who` in the world's namespace, with `bind` on `bindable`
-    instead of the page's example Roles; the name of the bind Role's RoleBinding."""
-    assert who.username is not None and bindable
-    user = who.username
-    subject = [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]
-    bind_binding = ""
-    for doc in documented_rbac():
-        if doc["kind"] != "Role":
-            continue
-        name = f"{doc['metadata']['name']}-{user}"
-        rules = doc["rules"]
-        if any("bind" in r["verbs"] for r in rules):
-            assert all(r["verbs"] == ["bind"] for r in rules), "bind in a Role of its own"
-            rules = [{**r, "resourceNames": list(bindable)} for r in rules]
-            bind_binding = name
-        world.api.create(
-            {
-                "apiVersion": RBAC_V1,
-                "kind": "Role",
-                "metadata": {"name": name, "namespace": world.ns},
-                "rules": rules,
-            }
-        )
-        world.api.create(
-            {
-                "apiVersion": RBAC_V1,
-                "kind": "RoleBinding",
-                "metadata": {"name": name, "namespace": world.ns},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-                "subjects": subject,
-            }
-        )
-    assert bind_binding, "docs/cli.md shows no Role granting bind"
-    return bind_binding
-
-
-def assert_within_documented_rbac(world: World, who: Person) -> None:
-    """Every request of `who` was one their RBAC allows (none about Secrets, then)."""
-    assert who.username is not None
-    objects = [
-        {**o, "apiVersion": RBAC_V1, "kind": kind}
-        for kind in ("Role", "RoleBinding")
-        for o in world.api.objects(kind, world.ns, api_version=RBAC_V1)
-    ]
-    calls = who.calls(world.server)
-    assert calls
-    refused = [
-        c
-        for c in calls
-        if c.resource not in BASIC_USER
-        and not rbac.authorize(objects, who.username, ["system:authenticated"], c)[0]
-    ]
-    assert refused == []
-
-
-def direct(world: World, *args: str) -> list[str]:
-    return [*args, "--address", f"127.0.0.1:{world.port}", "--print-env"]
-
-
-def exports(stdout: str) -> dict[str, str]:
-    return dict(
-        line.removeprefix("export ").split("=", 1)
-        for line in stdout.splitlines()
-        if line.startswith("export ")
-    )
 
 
 def test_connect_with_the_documented_rbac_and_the_requester_recorded(
