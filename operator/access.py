@@ -198,15 +198,7 @@ def spec_ttl(token: Mapping[str, Any]) -> float | None:
         raise InvalidSpec(f"spec.ttl: {exc}") from exc
 
 
-def _ttl_start(token: Mapping[str, Any], now: datetime) -> datetime:
-    """When the TTL starts running: at the decision on a Token that was decided on, else at
-    creation. (Whether a Token waits for an approval, so that its TTL has not started at
-    all, only the compile knows: it passes `start`.)"""
-    annotations = meta_of(token).get("annotations") or {}
-    decided = annotations.get(admission.DECIDED_AT)
-    if isinstance(decided, str):
-        with contextlib.suppress(ValueError):
-            return parse_timestamp(decided)
+def _created(token: Mapping[str, Any], now: datetime) -> datetime:
     created = meta_of(token).get("creationTimestamp")
     if isinstance(created, str):
         with contextlib.suppress(ValueError):
@@ -218,29 +210,43 @@ def token_expiry(
     token: Mapping[str, Any],
     now: datetime,
     cap: float | None = None,
-    start: datetime | Literal["auto"] | None = "auto",
+    start: datetime | Literal["created"] | None = "created",
 ) -> datetime | None:
-    """When the Token expires: `status.expiresAt` once set, else the start of its TTL (see
-    `_ttl_start`) + `spec.ttl`, cut to `cap` seconds (a Role's maxTokenTTL). None: no end, or
-    not yet known (a request waiting for its approval).
+    """When the Token expires: the start of its TTL (creation, or as the compile says: the
+    approval, or None while it waits for one) + `spec.ttl` cut to `cap` seconds (a Role's
+    maxTokenTTL), and never later than the `status.expiresAt` written before (a later ttl
+    edit does not lengthen a grant; a new cap shortens it). None: no end, or not yet known.
 
     Raises InvalidSpec for a ttl that is not a duration.
     """
+    stored: datetime | None = None
     status = token.get("status")
     if isinstance(status, Mapping) and isinstance(status.get("expiresAt"), str):
-        try:
-            return parse_timestamp(status["expiresAt"])
-        except ValueError:
-            pass
+        with contextlib.suppress(ValueError):
+            stored = parse_timestamp(status["expiresAt"])
     seconds = spec_ttl(token)
     if cap is not None:
         seconds = cap if seconds is None else min(seconds, cap)
-    if seconds is None:
-        return None
-    begins = _ttl_start(token, now) if start == "auto" else start
-    if begins is None:
-        return None
-    return (begins + timedelta(seconds=seconds)).replace(microsecond=0)
+    begins = _created(token, now) if start == "created" else start
+    fresh = (
+        (begins + timedelta(seconds=seconds)).replace(microsecond=0)
+        if seconds is not None and begins is not None
+        else None
+    )
+    if stored is None or fresh is None:
+        return stored or fresh
+    return min(stored, fresh)
+
+
+def expired_by_status(token: Mapping[str, Any], now: datetime) -> bool:
+    """Whether the operator already wrote that the Token's grant has expired."""
+    status = token.get("status")
+    if not isinstance(status, Mapping) or not isinstance(status.get("expiresAt"), str):
+        return False
+    try:
+        return parse_timestamp(status["expiresAt"]) <= now
+    except ValueError:
+        return False
 
 
 def token_roles(token: Mapping[str, Any]) -> list[str]:
@@ -319,11 +325,15 @@ class RequestExpired(Problem):
     reason = "RequestExpired"
 
 
+class ApprovalNotCovered(Problem):
+    reason = "ApprovalNotCovered"
+
+
 @dataclass(frozen=True)
 class Approval:
     """Where a Token stands on approval: `state` is the Approved condition's reason."""
 
-    state: str  # NotRequired, Pending, Approved, Denied, Expired
+    state: str  # NotRequired, Pending, Approved, Denied, Expired, NotCovered
     roles: tuple[str, ...] = ()  # what it waits for approval of
     decision: Decision | None = None
     request_reason: str | None = None
@@ -437,18 +447,24 @@ def _approval(
     needing = tuple(
         name
         for name in wanted
-        if (c := roles.get(name)) is not None
-        and c.role is not None
-        and c.role.options.require_approval
+        if name in check.requested
+        or (
+            (c := roles.get(name)) is not None
+            and c.role is not None
+            and c.role.options.require_approval
+        )
     )
-    needing = needing or check.requested
     reason = admission.request_reason(token)
-    if not needing:
-        return Approval("NotRequired", request_reason=reason)
     decision = check.decision
+    if decision is not None and not decision.approved:
+        return Approval("Denied", needing or decision.roles, decision, reason)  # final
+    if not needing:
+        return Approval("NotRequired", (), decision, reason)
     if decision is not None:
-        state = "Approved" if decision.approved else "Denied"
-        return Approval(state, needing, decision, reason)
+        uncovered = tuple(r for r in needing if r not in decision.roles)
+        if uncovered:
+            return Approval("NotCovered", uncovered, decision, reason)
+        return Approval("Approved", needing, decision, reason)
     created = meta_of(token).get("creationTimestamp")
     deadline = None
     if isinstance(created, str):
@@ -478,6 +494,14 @@ def _approval_problem(approval: Approval, requested_by: str | None) -> Problem |
             f"the request was not answered by {timestamp(approval.deadline)}; ask again with a "
             "new Token"
         )
+    if approval.state == "NotCovered":
+        assert approval.decision is not None
+        return ApprovalNotCovered(
+            f"the approval by {approval.decision.by} covers Role(s) "
+            f"{', '.join(approval.decision.roles) or 'none'}, but Role(s) {roles} need one now "
+            "(a Role that came to require approval, or a requester who may no longer bind it); "
+            "ask again with a new Token"
+        )
     return None
 
 
@@ -500,9 +524,11 @@ def _token_findings(
     cap = _ttl_cap(wanted, roles)
     approval = _approval(token, wanted, roles, check, now, request_timeout)
     # The TTL runs from the approval of a Token that needed one, and not at all before.
-    start: datetime | Literal["auto"] | None = "auto"
-    if approval.state != "NotRequired":
-        start = approval.decision.at if approval.approved and approval.decision else None
+    start: datetime | Literal["created"] | None = "created"
+    if approval.decision is not None and approval.decision.approved:
+        start = approval.decision.at
+    elif approval.state != "NotRequired":
+        start = None
     ttl: float | None = None
     ttl_cut_by: str | None = None
     try:
@@ -699,16 +725,16 @@ _OPTIONAL_GRANT_FIELDS = (
     "approvalReason",
     "requestReason",
 )
-_OPTIONAL_ROLE_OPTIONS = ("requireApproval", "maxTokenTTL")
+#: Role options that are the operator's business only: never sent to the proxies.
+_OPERATOR_ROLE_OPTIONS = ("requireApproval", "maxTokenTTL")
 
 
 def bundle_yaml(bundle: AccessFile) -> str:
     """The access file's text: deterministic, so that an unchanged bundle is an unchanged Secret."""
     doc = bundle.dump()
     for role in doc["roles"]:
-        for key in _OPTIONAL_ROLE_OPTIONS:
-            if role["options"].get(key) is None:
-                role["options"].pop(key, None)
+        for key in _OPERATOR_ROLE_OPTIONS:
+            role["options"].pop(key, None)
     for grant in doc["grants"]:
         for key in _OPTIONAL_GRANT_FIELDS:
             if grant.get(key) is None:
@@ -806,6 +832,16 @@ def approval_condition(found: TokenFindings) -> Condition:
             message,
             event="Normal",
             event_reason="AccessRequested",
+        )
+    if a.state == "NotCovered":
+        assert a.decision is not None
+        return Condition(
+            "Approved",
+            "False",
+            "NotCovered",
+            f"{a.decision.by}'s approval covers Role(s) {', '.join(a.decision.roles)}; Role(s) "
+            f"{roles} need an approval now",
+            event="Warning",
         )
     if a.state == "Expired":
         return Condition(

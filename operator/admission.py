@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from rdsgate.proxy.access import RoleOptions
 from rdsgate.proxy.durations import format_duration
 
 from . import pki
@@ -51,6 +52,8 @@ DENIED_BY = "rdsgate.dev/denied-by"
 APPROVAL_REASON = "rdsgate.dev/approval-reason"
 DENIAL_REASON = "rdsgate.dev/denial-reason"
 DECIDED_AT = "rdsgate.dev/decided-at"
+#: The Roles the decision covers (JSON list): those the approver was checked for `approve`.
+DECIDED_ROLES = "rdsgate.dev/decided-roles"
 DECISION_SIGNATURE = "rdsgate.dev/decision-signature"
 DECISION_ANNOTATIONS = (
     APPROVED_BY,
@@ -58,6 +61,7 @@ DECISION_ANNOTATIONS = (
     APPROVAL_REASON,
     DENIAL_REASON,
     DECIDED_AT,
+    DECIDED_ROLES,
     DECISION_SIGNATURE,
 )
 #: The webhooks' names, as the API server quotes them in a refusal.
@@ -165,21 +169,55 @@ def read_stamp(token: Mapping[str, Any], key: bytes) -> Stamp:
 
 @dataclass(frozen=True)
 class Decision:
-    """An approval or a denial of a pending Token, as the webhook recorded it."""
+    """An approval or a denial of a pending Token, as the webhook recorded it; `roles` are
+    those the approver was checked for (an approval covers no other)."""
 
     approved: bool
     by: str
     reason: str
     at: datetime
+    roles: tuple[str, ...] = ()
 
 
 def _decision_signature(
-    key: bytes, token: Mapping[str, Any], approved: bool, by: str, reason: str, at: str
+    key: bytes,
+    token: Mapping[str, Any],
+    approved: bool,
+    by: str,
+    reason: str,
+    at: str,
+    decided_roles: Sequence[str],
 ) -> str:
+    """Over what was decided on: this Token (uid, name, namespace), its Roles, ttl and
+    holder, its requester's stamp, and the decision itself."""
     meta = meta_of(token)
-    roles = sorted(_roles(token))
-    name, namespace = str(meta.get("name") or ""), str(meta.get("namespace") or "")
-    return _hmac(key, "decision", namespace, name, approved, by, reason, at, roles)
+    spec = spec_of(token)
+    annotations = meta.get("annotations") or {}
+    holder = json.dumps([spec.get("publicKey"), spec.get("subject")], sort_keys=True)
+    return _hmac(
+        key,
+        "decision",
+        str(meta.get("namespace") or ""),
+        str(meta.get("name") or ""),
+        str(meta.get("uid") or ""),
+        sorted(_roles(token)),
+        spec.get("ttl"),
+        hashlib.sha256(holder.encode()).hexdigest(),
+        annotations.get(REQUESTED_BY_SIGNATURE),
+        approved,
+        by,
+        reason,
+        at,
+        sorted(decided_roles),
+    )
+
+
+def _decided_roles(annotations: Mapping[str, Any]) -> list[str] | None:
+    try:
+        roles = json.loads(str(annotations.get(DECIDED_ROLES)))
+    except ValueError:
+        return None
+    return [str(r) for r in roles] if isinstance(roles, list) else None
 
 
 def read_decision(token: Mapping[str, Any], key: bytes) -> tuple[Decision | None, bool]:
@@ -191,16 +229,17 @@ def read_decision(token: Mapping[str, Any], key: bytes) -> tuple[Decision | None
     by = annotations.get(APPROVED_BY if approved else DENIED_BY)
     reason = annotations.get(APPROVAL_REASON if approved else DENIAL_REASON) or ""
     at = annotations.get(DECIDED_AT)
-    if not isinstance(by, str) or not isinstance(at, str):
+    roles = _decided_roles(annotations)
+    if not isinstance(by, str) or not isinstance(at, str) or roles is None:
         return None, present
-    expected = _decision_signature(key, token, approved, by, str(reason), at)
+    expected = _decision_signature(key, token, approved, by, str(reason), at, roles)
     if not _same(annotations.get(DECISION_SIGNATURE), expected):
         return None, True
     try:
         when = parse_timestamp(at)
     except ValueError:
         return None, True
-    return Decision(approved, by, str(reason), when), False
+    return Decision(approved, by, str(reason), when, tuple(sorted(roles))), False
 
 
 @dataclass(frozen=True)
@@ -220,13 +259,21 @@ May = Callable[[Requester, str, str, str], Verdict]
 @dataclass(frozen=True)
 class Context:
     """What a review needs besides the request: the stamp key, the API server's answers,
-    whether a Role requires approval, the time, and how long a request may wait."""
+    a Role's options (None: no such valid Role), the time, and how long a request may wait."""
 
     key: bytes
     may: May
-    requires_approval: Callable[[str, str], bool]
+    options: Callable[[str, str], RoleOptions | None]
     now: datetime
     request_timeout: timedelta
+
+    def requires_approval(self, namespace: str, role: str) -> bool:
+        found = self.options(namespace, role)
+        return bool(found is not None and found.require_approval)
+
+    def max_ttl(self, namespace: str, role: str) -> float | None:
+        found = self.options(namespace, role)
+        return float(found.max_token_ttl) if found and found.max_token_ttl is not None else None
 
 
 def stamp(
@@ -252,9 +299,12 @@ def stamp_decision(
     new: Mapping[str, Any],
     old: Mapping[str, Any] | None,
     now: datetime,
+    needing: Callable[[], Sequence[str]],
 ) -> dict[str, str]:
     """For an UPDATE that newly approves (or denies) a Token: the approver as the API server
-    authenticated them over whatever the client wrote, the time, and the signature."""
+    authenticated them over whatever the client wrote, the time, the Roles it covers
+    (`needing`: those that need an approval now, which the validating webhook checks the
+    approver may approve), and the signature."""
     annotations = meta_of(new).get("annotations") or {}
     before = meta_of(old or {}).get("annotations") or {}
     if any(k in before for k in DECISION_ANNOTATIONS):
@@ -265,11 +315,32 @@ def stamp_decision(
     by = Requester.from_userinfo(userinfo).username
     reason = str(annotations.get(APPROVAL_REASON if approved else DENIAL_REASON) or "")
     at = timestamp(now)
+    roles = sorted(needing())
+    # The uid of the stored Token: the object the update is about (the new one may lack it).
+    signed = {**new, "metadata": {**meta_of(new), "uid": meta_of(old or {}).get("uid")}}
     return {
         APPROVED_BY if approved else DENIED_BY: by,
         DECIDED_AT: at,
-        DECISION_SIGNATURE: _decision_signature(key, new, approved, by, reason, at),
+        DECIDED_ROLES: json.dumps(roles, separators=(",", ":")),
+        DECISION_SIGNATURE: _decision_signature(key, signed, approved, by, reason, at, roles),
     }
+
+
+def needing_approval(
+    token: Mapping[str, Any], requester: Requester | None, ctx: Context
+) -> list[str]:
+    """The Roles of a Token that need an approval: those that require one, and those its
+    requester may not bind (only request) — every one, when its requester is not known."""
+    namespace = str(meta_of(token).get("namespace") or "default")
+    roles = _roles(token)
+    if requester is None:
+        return roles
+    return [
+        r
+        for r in roles
+        if ctx.requires_approval(namespace, r)
+        or not _asked(ctx.may, requester, namespace, r, "bind")
+    ]
 
 
 def generated_name(generate_name: str) -> str:
@@ -422,6 +493,25 @@ def _review_create(
             "(the approver reads it, and it goes into the audit trail)",
             code=422,
         )
+    spec = spec_of(new)
+    if (requested or needing) and not spec.get("publicKey") and not spec.get("subject"):
+        raise Refused(
+            "a Token that waits for an approval must be held by its requester's own key "
+            "(spec.publicKey, as `kubectl rdsgate db connect --request` makes it) or by a "
+            "ServiceAccount (spec.subject): a Secret could be read by others, and the audit "
+            "would name the requester",
+            code=422,
+        )
+    if (
+        (requested or needing)
+        and spec.get("ttl") is None
+        and all(ctx.max_ttl(namespace, r) is None for r in roles)
+    ):
+        raise Refused(
+            "a Token that waits for an approval needs spec.ttl (none of its Roles sets "
+            "maxTokenTTL): say how long you need access",
+            code=422,
+        )
 
 
 def _review_update(
@@ -511,25 +601,34 @@ def _review_decision(
             f"the mutating webhook {MUTATING_WEBHOOK} did not run",
             code=500,
         )
-    requester = read_stamp(old, ctx.key).requester
-    if requester is not None and requester.username == approver.username:
+    stamp_of_old = read_stamp(old, ctx.key)
+    if stamp_of_old.requester is None:
+        raise Refused(
+            f"Token {name!r} has no requester stamped by the admission webhook (created before "
+            "it, or its annotations were not written by it), so it cannot be decided on: the "
+            "requester asks again with a new Token",
+            code=422,
+        )
+    requester = stamp_of_old.requester
+    if requester.username == approver.username:
         raise Refused(
             f"{approver.username} may not {verb_text} their own request: someone else with "
             "the verb approve on its Roles must",
             code=403,
         )
-    roles = _roles(new)
-    needing = [r for r in roles if ctx.requires_approval(namespace, r)]
+    needing = needing_approval(new, requester, ctx)
     if not needing:
-        if requester is None or all(
-            _asked(ctx.may, requester, namespace, r, "bind") for r in roles
-        ):
-            raise Refused(
-                f"Token {name!r} is not waiting for an approval: none of its Roles requires "
-                "one and its requester may bind them all",
-                code=422,
-            )
-        needing = roles
+        raise Refused(
+            f"Token {name!r} is not waiting for an approval: none of its Roles requires "
+            "one and its requester may bind them all",
+            code=422,
+        )
+    if list(decision.roles) != sorted(needing):
+        raise Refused(
+            f"the decision covers Roles {list(decision.roles)}, but {sorted(needing)} need an "
+            "approval now: try again",
+            code=409,
+        )
     missing = [r for r in needing if not _asked(ctx.may, approver, namespace, r, "approve")]
     if missing:
         noun = "Role" if len(missing) == 1 else "Roles"

@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 import kopf
 import yaml
 
-from rdsgate.proxy.access import secret_digest, utcnow
+from rdsgate.proxy.access import RoleOptions, secret_digest, utcnow
 from rdsgate.proxy.auth import client_certificate_uri
 
 from . import access, admission, diagnosis, pki, render, webhooks
@@ -598,11 +598,8 @@ class Reconciler:
             if requester is None:
                 checks[name_of(token)] = base
                 continue
-            try:
-                expires_at = access.token_expiry(token, now)
-            except InvalidSpec:
-                expires_at = None
-            if expires_at is not None and expires_at <= now:
+            if access.expired_by_status(token, now):
+                # Asking is moot; a Token still waiting has no status.expiresAt yet.
                 checks[name_of(token)] = base
                 continue
             lost: list[str] = []
@@ -1190,6 +1187,38 @@ def register_admission(registry: kopf.OperatorRegistry, runtime: Runtime) -> Non
     """The Token webhooks (docs/access-control.md, docs/access-requests.md): stamp the
     requester and decisions, check `bind`, `request` and `approve`."""
 
+    def context(info: Mapping[str, Any]) -> admission.Context:
+        """What admission asks of the API server, now: verbs on Roles (the request's uid and
+        extra go with its own user only) and the Roles' options."""
+        reconciler = runtime.get()
+        caller = admission.Requester.from_userinfo(info)
+
+        def may(
+            user: admission.Requester, namespace: str, role: str, verb: str
+        ) -> admission.Verdict:
+            own = user == caller
+            return reconciler.binds.may(
+                user,
+                namespace,
+                role,
+                verb,
+                uid=info.get("uid") if own else None,
+                extra=info.get("extra") if own else None,
+            )
+
+        def options(namespace: str, role: str) -> RoleOptions | None:
+            found = reconciler.kube.get(ROLE, namespace, role)
+            compiled = access.compile_role(found) if found is not None else None
+            return compiled.role.options if compiled and compiled.role else None
+
+        return admission.Context(
+            reconciler.stamp_key,
+            may,
+            options,
+            utcnow(),
+            timedelta(seconds=reconciler.config.request_timeout),
+        )
+
     @kopf.on.mutate(
         *TOKEN_RESOURCE,
         id=admission.MUTATING_ID,
@@ -1202,14 +1231,27 @@ def register_admission(registry: kopf.OperatorRegistry, runtime: Runtime) -> Non
         patch: kopf.Patch, body: kopf.Body, userinfo: kopf.UserInfo, **kwargs: Any
     ) -> None:
         """A new Token names its requester as the API server authenticated them, signed; an
-        update that approves or denies it names the approver the same way; an update that
-        left these out (a server-side apply) keeps the stored ones."""
+        update that approves or denies it names the approver, and the Roles the decision
+        covers, the same way; an update that left these out (a server-side apply) keeps the
+        stored ones."""
         reconciler = runtime.get()
+        info: Mapping[str, Any] = userinfo
         if kwargs.get("operation") == "UPDATE":
             old = kwargs.get("old")
-            stamped = admission.restored(body, old) | admission.stamp_decision(
-                userinfo, reconciler.stamp_key, body, old, utcnow()
-            )
+            ctx = context(info)
+
+            def needing() -> list[str]:
+                requester = admission.read_stamp(old or {}, reconciler.stamp_key).requester
+                return admission.needing_approval(body, requester, ctx)
+
+            try:
+                stamped = admission.restored(body, old) | admission.stamp_decision(
+                    info, reconciler.stamp_key, body, old, utcnow(), needing
+                )
+            except admission.Refused as exc:
+                raise kopf.AdmissionError(exc.message, code=exc.code) from None
+            except KubeError as exc:
+                raise kopf.AdmissionError(f"cannot read the Token's Roles: {exc}", 503) from None
             for key, value in stamped.items():
                 patch.metadata.annotations[key] = value
         else:
@@ -1220,7 +1262,7 @@ def register_admission(registry: kopf.OperatorRegistry, runtime: Runtime) -> Non
                 patch.metadata["name"] = name
             namespace = str(meta.get("namespace") or "default")
             stamp = admission.stamp(
-                userinfo, reconciler.stamp_key, namespace, name, admission.request_reason(body)
+                info, reconciler.stamp_key, namespace, name, admission.request_reason(body)
             )
             for key, value in stamp.items():
                 patch.metadata.annotations[key] = value
@@ -1237,41 +1279,8 @@ def register_admission(registry: kopf.OperatorRegistry, runtime: Runtime) -> Non
     def check_token(body: kopf.Body, userinfo: kopf.UserInfo, **kwargs: Any) -> None:
         """A Token may only name Roles its requester may bind (or request); its requester,
         and once made its decision, are fixed; only others with approve decide."""
-        reconciler = runtime.get()
         info: Mapping[str, Any] = userinfo
-        caller = admission.Requester.from_userinfo(info)
-
-        def may(
-            user: admission.Requester, namespace: str, role: str, verb: str
-        ) -> admission.Verdict:
-            # Admission asks now and never takes an earlier answer; the request's uid and
-            # extra belong to its own user only.
-            own = user == caller
-            return reconciler.binds.may(
-                user,
-                namespace,
-                role,
-                verb,
-                uid=info.get("uid") if own else None,
-                extra=info.get("extra") if own else None,
-            )
-
-        def requires_approval(namespace: str, role: str) -> bool:
-            found = reconciler.kube.get(ROLE, namespace, role)
-            compiled = access.compile_role(found) if found is not None else None
-            return bool(
-                compiled is not None
-                and compiled.role is not None
-                and compiled.role.options.require_approval
-            )
-
-        ctx = admission.Context(
-            reconciler.stamp_key,
-            may,
-            requires_approval,
-            utcnow(),
-            timedelta(seconds=reconciler.config.request_timeout),
-        )
+        ctx = context(info)
         metric = runtime.metrics.admission_reviews
         try:
             admission.review(kwargs.get("operation"), body, kwargs.get("old"), info, ctx)

@@ -298,9 +298,23 @@ def run_decide(args: argparse.Namespace) -> int:
     by_key, reason_key = (APPROVED_BY, APPROVAL_REASON) if approve else (DENIED_BY, DENIAL_REASON)
     verb = "approve" if approve else "deny"
     what = f"{verb} Token {ns}/{name}"
+    path = custom_path(ns, "tokens", name)
+    seen = s.api.get(path, f"read Token {ns}/{name}")
+    if seen is None:
+        raise CliError(
+            f"Token {ns}/{name} not found ({program()} requests ls -n {ns} lists the requests)",
+            EXIT_NOT_FOUND,
+        )
     # The value of approved-by is the webhook's to write (the caller as the API server
-    # authenticated them); ours is only what makes this an approval.
-    patch = {"metadata": {"annotations": {by_key: s.caller.username, reason_key: args.reason}}}
+    # authenticated them); ours is only what makes this an approval. The resourceVersion
+    # makes it a decision on exactly the Token looked at: not on one deleted and made again
+    # under the same name meanwhile, nor on one changed since.
+    patch = {
+        "metadata": {
+            "resourceVersion": meta_of(seen).get("resourceVersion"),
+            "annotations": {by_key: s.caller.username, reason_key: args.reason},
+        }
+    }
     try:
         token = s.api.merge_patch(custom_path(ns, "tokens", name), patch)
     except ApiException as exc:
@@ -314,6 +328,12 @@ def run_decide(args: argparse.Namespace) -> int:
             raise CliError(
                 f"cannot {what}: {message} - is the rdsgate operator running? (its admission "
                 "webhooks record every decision)",
+                EXIT_ERROR,
+            ) from exc
+        if exc.status == 409:
+            raise CliError(
+                f"cannot {what}: it changed after it was read (or was made again under the same "
+                f"name); look at it again ({program()} requests ls -n {ns}) and decide anew",
                 EXIT_ERROR,
             ) from exc
         if exc.status in (403, 422):

@@ -183,12 +183,15 @@ def token_body(
 
 
 def requested_by(token: Mapping[str, Any]) -> str | None:
-    """Who asked for the Token, as the API server authenticated them (None: not recorded)."""
-    annotations = meta_of(token).get("annotations")
-    value = annotations.get(ANNOTATION_REQUESTED_BY) if isinstance(annotations, Mapping) else None
-    if not value:
-        status = token.get("status")
-        value = status.get("requestedBy") if isinstance(status, Mapping) else None
+    """Who asked for the Token: the operator's word in its status (it checked the webhook's
+    signature), else the annotation until the operator has looked (None: not recorded)."""
+    status = token.get("status")
+    value = status.get("requestedBy") if isinstance(status, Mapping) else None
+    if not value and not (isinstance(status, Mapping) and "identity" in status):
+        annotations = meta_of(token).get("annotations")
+        value = (
+            annotations.get(ANNOTATION_REQUESTED_BY) if isinstance(annotations, Mapping) else None
+        )
     return str(value) if value else None
 
 

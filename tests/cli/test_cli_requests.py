@@ -479,7 +479,13 @@ def test_requests_ls_everywhere_and_nothing_to_list(world: World, person: MakePe
             "apiVersion": "rdsgate.dev/v1alpha1",
             "kind": "Token",
             "metadata": {"name": name, "namespace": world.ns, "annotations": annotations},
-            "spec": {"roles": [role], "ttl": "1h", "database": ORDERS},
+            "spec": {
+                "roles": [role],
+                "ttl": "1h",
+                "database": ORDERS,
+                # A waiting Token is held by a key or a ServiceAccount, never a Secret.
+                "subject": {"serviceAccount": {"name": name}},
+            },
         }
 
     reason = {"rdsgate.dev/request-reason": "INC-1: look at orders"}

@@ -8,6 +8,7 @@ through a proxy would meet.
 from __future__ import annotations
 
 import base64
+import copy
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -641,13 +642,21 @@ def requested(name: str, *roles: str, **spec: Any) -> dict[str, Any]:
 
 
 def decided(
-    t: dict[str, Any], *, approved: bool, by: str = "bob", at: datetime = NOW
+    t: dict[str, Any],
+    *,
+    approved: bool,
+    by: str = "bob",
+    at: datetime = NOW,
+    covers: tuple[str, ...] = ("prod-admin",),
 ) -> dict[str, Any]:
+    old = copy.deepcopy(t)
     key = "rdsgate.dev/approved-by" if approved else "rdsgate.dev/denied-by"
     reason_key = "rdsgate.dev/approval-reason" if approved else "rdsgate.dev/denial-reason"
     t["metadata"]["annotations"][key] = "anyone"
     t["metadata"]["annotations"][reason_key] = "ok, 2h"
-    stamped = admission.stamp_decision({"username": by}, STAMP_KEY, t, None, at)
+    stamped = admission.stamp_decision(
+        {"username": by}, STAMP_KEY, t, old, at, lambda: list(covers)
+    )
     t["metadata"]["annotations"].update(stamped)
     return t
 
@@ -775,3 +784,41 @@ def test_a_request_reason_on_a_token_that_needs_no_approval_starts_its_ttl_at_cr
     (grant,) = result.bundles["orders"].grants
     assert grant.expires_at == NOW + timedelta(hours=1)
     assert result.tokens["t"].approval.state == "NotRequired"
+
+
+def test_an_approval_that_no_longer_covers_what_needs_one_grants_nothing() -> None:
+    """A Role that comes to require approval after the approval: a new request is needed."""
+    prod = database("orders", env="prod")
+    t = decided(
+        requested("t", "prod-admin", "app-rw", ttl="1h"), approved=True, covers=("prod-admin",)
+    )
+    app_rw_approval = role(
+        "app-rw",
+        allow={"databases": {}, "databaseNames": ["*"], "databaseUsers": ["app"]},
+        options={"requireApproval": True},
+    )
+    result = compile_([prod], [PROD_ADMIN, app_rw_approval], [t])
+    assert result.bundles["orders"].grants == []
+    found = result.tokens["t"]
+    assert (found.approval.state, found.problems[0].reason) == ("NotCovered", "ApprovalNotCovered")
+
+
+def test_a_denial_is_final_even_when_nothing_needs_approval_any_more() -> None:
+    prod = database("orders", env="prod")
+    t = decided(requested("t", "app-rw", ttl="1h"), approved=False, covers=("app-rw",))
+    result = compile_([prod], [APP_RW], [t])
+    assert result.bundles["orders"].grants == []
+    assert result.tokens["t"].approval.state == "Denied"
+
+
+def test_a_new_cap_shortens_a_grant_already_in_force() -> None:
+    prod = database("orders", env="prod")
+    t = token("t", "prod-admin-nocheck", ttl="8h")
+    t["status"] = {"expiresAt": "2026-03-01T20:00:00Z"}  # written before the cap
+    capped = role(
+        "prod-admin-nocheck",
+        allow={"databases": {}, "databaseNames": ["*"], "databaseUsers": ["*"]},
+        options={"maxTokenTTL": "2h"},
+    )
+    (grant,) = compile_([prod], [capped], [t]).bundles["orders"].grants
+    assert grant.expires_at == NOW + timedelta(hours=2)

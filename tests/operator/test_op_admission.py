@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 
 from rdsgate.operator import admission, pki
 from rdsgate.operator.admission import Refused, Requester, Verdict
+from rdsgate.proxy.access import RoleOptions
 
 ALICE = {"username": "alice", "uid": "u-1", "groups": ["devs", "system:authenticated"]}
 KEY = admission.stamp_key(b"the CA's private key")
@@ -40,7 +41,7 @@ def review(
     def may(requester: Requester, namespace: str, role: str, verb: str) -> Verdict:
         return may_bind(requester, namespace, role) if verb == "bind" else Verdict(False)
 
-    ctx = admission.Context(KEY, may, lambda ns, role: False, NOW, timedelta(hours=1))
+    ctx = admission.Context(KEY, may, lambda ns, role: RoleOptions(), NOW, timedelta(hours=1))
     admission.review(operation, new, old, userinfo, ctx)
 
 
@@ -379,35 +380,51 @@ def ctx(
     def may(user: Requester, namespace: str, role: str, verb: str) -> Verdict:
         return Verdict(verb in verbs.get((user.username, role), set()))
 
-    return admission.Context(KEY, may, lambda ns, role: role in needing, now, timedelta(hours=1))
+    def options(namespace: str, role: str) -> RoleOptions:
+        return RoleOptions(require_approval=role in needing or None)
+
+    return admission.Context(KEY, may, options, now, timedelta(hours=1))
 
 
 def asked(*roles: str, reason: str | None = "INC-4711", created: datetime = NOW) -> dict[str, Any]:
-    """alice's Token as the API server stored it after admission."""
+    """alice's Token (for an hour) as the API server stored it after admission."""
     annotations = admission.stamp(ALICE, KEY, "shop", "t", reason)
     if reason is not None:
         annotations["rdsgate.dev/request-reason"] = reason
-    t = token(*roles, annotations=annotations)
+    t = token(
+        *roles, annotations=annotations, ttl="1h", subject={"serviceAccount": {"name": "job"}}
+    )
+    t["metadata"]["uid"] = "uid-of-t"
     t["metadata"]["creationTimestamp"] = created.strftime("%Y-%m-%dT%H:%M:%SZ")
     return t
 
 
 def approval(
-    old: dict[str, Any], by: dict[str, Any], *, deny: bool = False, reason: str = "ok"
+    old: dict[str, Any],
+    by: dict[str, Any],
+    *,
+    deny: bool = False,
+    reason: str = "ok",
+    covers: tuple[str, ...] = ("prod-admin",),
 ) -> dict[str, Any]:
-    """The update an approver sends, as the mutating webhook passes it on."""
+    """The update an approver sends, as the mutating webhook passes it on (covering the
+    Roles that need the approval)."""
     new: dict[str, Any] = json.loads(json.dumps(old))
     annotations = new["metadata"]["annotations"]
     annotations["rdsgate.dev/denied-by" if deny else "rdsgate.dev/approved-by"] = "whoever"
     if reason:
         annotations["rdsgate.dev/denial-reason" if deny else "rdsgate.dev/approval-reason"] = reason
-    annotations.update(admission.stamp_decision(by, KEY, new, old, NOW))
+    annotations.update(admission.stamp_decision(by, KEY, new, old, NOW, lambda: list(covers)))
     return new
 
 
 def test_request_makes_a_pending_token_that_needs_a_reason() -> None:
     may_request = ctx(verbs={("alice", "prod-admin"): {"request"}})
-    created = token("prod-admin", annotations=admission.stamp(ALICE, KEY, "shop", "t"))
+    created = token(
+        "prod-admin",
+        annotations=admission.stamp(ALICE, KEY, "shop", "t"),
+        subject={"serviceAccount": {"name": "job"}},
+    )
     with pytest.raises(Refused) as refused:
         admission.review("CREATE", created, None, ALICE, may_request)
     assert refused.value.message.startswith(
@@ -479,7 +496,12 @@ def test_approvals_that_are_refused(case: str, message: str) -> None:
     approver = ALICE if case == "self" else BOB
     if case == "no approve":
         verbs = {}
-    new = approval(old, approver, reason="" if case == "no reason" else "ok")
+    new = approval(
+        old,
+        approver,
+        reason="" if case == "no reason" else "ok",
+        covers=() if case == "not pending" else ("prod-admin",),
+    )
     if case == "both":
         new["metadata"]["annotations"]["rdsgate.dev/denied-by"] = "bob"
     if case == "unsigned":
@@ -518,3 +540,72 @@ def test_a_recorded_decision_and_a_requested_tokens_roles_never_change() -> None
     with pytest.raises(Refused) as refused:
         admission.review("UPDATE", new, pending, BOB, rules)
     assert "rdsgate.dev/request-reason records who created this Token" in refused.value.message
+
+
+def test_an_approval_must_cover_every_role_that_needs_one() -> None:
+    """A Token naming prod-admin (requires approval) and app-ro (which alice may only
+    request): an approver with approve on prod-admin alone cannot approve it."""
+    old = asked("prod-admin", "app-ro")
+    verbs = {
+        ("alice", "prod-admin"): {"request"},
+        ("alice", "app-ro"): {"request"},
+        ("bob", "prod-admin"): {"approve"},
+    }
+    rules = ctx(verbs=verbs, needing={"prod-admin"})
+    needing = admission.needing_approval(old, Requester("alice", ("devs",)), rules)
+    assert needing == ["prod-admin", "app-ro"]
+    new = approval(old, BOB, covers=("app-ro", "prod-admin"))
+    with pytest.raises(Refused) as refused:
+        admission.review("UPDATE", new, old, BOB, rules)
+    assert 'bob may not approve requests for Role "app-ro"' in refused.value.message
+    # What the approval covers is what needs one now, signed: a stale set is refused.
+    stale = approval(old, BOB, covers=("prod-admin",))
+    with pytest.raises(Refused) as refused:
+        admission.review("UPDATE", stale, old, BOB, rules)
+    assert refused.value.code == 409
+    verbs[("bob", "app-ro")] = {"approve"}
+    admission.review("UPDATE", new, old, BOB, ctx(verbs=verbs, needing={"prod-admin"}))
+
+
+def test_a_token_without_a_verified_requester_cannot_be_decided_on() -> None:
+    """Else its creator could approve it (self-approval needs a known requester)."""
+    old = token("prod-admin", annotations={"rdsgate.dev/request-reason": "x"}, ttl="1h")
+    old["metadata"]["uid"] = "uid-of-t"
+    rules = ctx(verbs={("alice", "prod-admin"): {"approve"}}, needing={"prod-admin"})
+    with pytest.raises(Refused) as refused:
+        admission.review("UPDATE", approval(old, ALICE), old, ALICE, rules)
+    assert "has no requester stamped by the admission webhook" in refused.value.message
+
+
+def test_a_request_needs_a_ttl_unless_a_role_caps_it() -> None:
+    annotations = {
+        **admission.stamp(ALICE, KEY, "shop", "t", "INC-1"),
+        "rdsgate.dev/request-reason": "INC-1",
+    }
+    created = token(
+        "prod-admin", annotations=annotations, subject={"serviceAccount": {"name": "job"}}
+    )
+    rules = ctx(verbs={("alice", "prod-admin"): {"request"}})
+    with pytest.raises(Refused) as refused:
+        admission.review("CREATE", created, None, ALICE, rules)
+    assert "a Token that waits for an approval needs spec.ttl" in refused.value.message
+    # ... and its requester's key or a ServiceAccount, never a Secret.
+    del created["spec"]["subject"]
+    created["spec"]["ttl"] = "1h"
+    with pytest.raises(Refused) as refused:
+        admission.review("CREATE", created, None, ALICE, rules)
+    assert "must be held by its requester's own key" in refused.value.message
+
+
+def test_a_decision_is_for_one_token_and_what_it_asked() -> None:
+    """The signature covers the Token's uid, its ttl and who holds it."""
+    decided = approval(asked("prod-admin"), BOB)
+    assert admission.read_decision(decided, KEY)[0] is not None
+    for change in (
+        ("metadata", "uid", "uid-of-a-new-t"),
+        ("spec", "ttl", "30d"),
+        ("spec", "publicKey", "PEM"),
+    ):
+        other = json.loads(json.dumps(decided))
+        other[change[0]][change[1]] = change[2]
+        assert admission.read_decision(other, KEY) == (None, True), change

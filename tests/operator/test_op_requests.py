@@ -10,6 +10,7 @@ approval, and nothing else. What each test asserts is what `kubectl` shows.
 from __future__ import annotations
 
 import itertools
+import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -113,6 +114,14 @@ def ns(k8s: ApiServer, operator: OperatorProcess) -> str:
     api.create(binding(name, "approve-prod-admin", "Group", "oncall-leads"))
     api.create(binding(name, "bind-app-ro", "User", "dave"))
     return name
+
+
+def metric(op: OperatorProcess, sample: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(sample + " "):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def as_user(k8s: ApiServer, who: str) -> Api:
@@ -253,6 +262,9 @@ def test_a_request_waits_then_an_approval_grants_it_for_the_roles_ttl(
         "INC-4711: fix a stuck order",
     )
     assert "AccessApproved" in {e["reason"] for e in api.events(ns, "alice-prod")}
+    assert metric(operator, 'rdsgate_operator_access_requests_total{outcome="requested"}') >= 1
+    assert metric(operator, 'rdsgate_operator_access_requests_total{outcome="approved"}') >= 1
+    assert metric(operator, "rdsgate_operator_access_request_decision_seconds_count") >= 1
 
     # Once decided, nobody changes it, not even the cluster admin.
     refused = refusal(lambda: decide(k8s, "carol", ns, "alice-prod", "deny", "changed my mind"))
