@@ -1,4 +1,5 @@
-"""`make bench`: pgbench -S through rdsgate-proxy, pgbouncer and PostgreSQL direct, in one run.
+"""`make bench`: pgbench -S through rdsgate-proxy, pgbouncer and PostgreSQL direct, in one run,
+and the throughput of a large `COPY ... TO STDOUT` through each (psql, output discarded).
 
 A proxy's cost only means something next to a peer measured on the same machine at the
 same moment, so this starts all three on loopback and reads the result as ratios:
@@ -64,6 +65,8 @@ from rdsgate.proxy.access import secret_digest
 TARGETS = ("direct", "pgbouncer", "rdsgate")
 DEFAULT_CLIENTS = (1, 8, 32)
 CONNECT_CLIENTS = 8
+#: Each COPY row is 1,000 bytes of text and a newline.
+COPY_ROW_BYTES = 1001
 PROFILE_CLIENTS = 8
 DB_USER = "bench"
 DB_NAME = "bench"
@@ -581,12 +584,41 @@ def run_pgbench(
     return RunResult(tps, int(failed.group(1)) if failed else 0, cpu)
 
 
+def run_copy(tools: Tools, target: Target, megabytes: int) -> RunResult:
+    """`COPY (…) TO STDOUT` of `megabytes` MB through psql into /dev/null; tps is MB/s, and
+    the proxy's CPU per "transaction" is per MB."""
+    rows = megabytes * 1_000_000 // COPY_ROW_BYTES
+    sql = f"copy (select repeat('x', 1000) from generate_series(1, {rows})) to stdout"  # noqa: S608
+    cpu_before = _cpu_times(target.pid) if target.pid else None
+    started = time.monotonic()
+    proc = subprocess.run(
+        [str(tools.psql), "-X", "-q", "-c", sql],
+        env=target.env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    elapsed = time.monotonic() - started
+    cpu_after = _cpu_times(target.pid) if target.pid else None
+    if proc.returncode:
+        raise BenchError(f"COPY through {target.name} failed: {proc.stderr.strip()}")
+    mb_s = rows * COPY_ROW_BYTES / 1e6 / elapsed
+    cpu = None
+    if cpu_before is not None and cpu_after is not None:
+        user, system = (after - before for after, before in zip(cpu_after, cpu_before, strict=True))
+        cpu = CpuUse(user, system, elapsed, mb_s)
+    return RunResult(mb_s, 0, cpu)
+
+
 @dataclass
 class Results:
     targets: list[str]
     clients: list[int]
     tps: dict[str, dict[int, float]] = field(default_factory=dict)
     connect_rate: dict[str, float] = field(default_factory=dict)
+    copy_mb_s: dict[str, float] = field(default_factory=dict)
     cpu: dict[str, dict[str, CpuUse]] = field(default_factory=dict)
     failed: Counter[str] = field(default_factory=Counter)
 
@@ -599,6 +631,12 @@ class Results:
         return {
             "tps": {t: {str(c): round(v, 1) for c, v in self.tps[t].items()} for t in self.tps},
             "connect_rate": {t: round(v, 1) for t, v in self.connect_rate.items()},
+            "copy_mb_s": {t: round(v, 1) for t, v in self.copy_mb_s.items()},
+            # µs of proxy CPU per transaction, per new connection ("connect"), per MB ("copy")
+            "proxy_cpu_us": {
+                t: {k: round(u.us_per_txn, 1) for k, u in by_key.items()}
+                for t, by_key in self.cpu.items()
+            },
         }
 
 
@@ -879,6 +917,7 @@ def render(
         caption=(
             "-j = min(c, 2) for every target; connect/s = pgbench -S -n -C "
             f"-c {CONNECT_CLIENTS} -j 2 (tps = new TLS connections + auth per second); "
+            f"COPY = psql COPY TO STDOUT of {args.copy_mb} MB into /dev/null; "
             f"rdsgate: {audit}"
         ),
     )
@@ -886,14 +925,15 @@ def render(
     for col in cols:
         table.add_column(col, justify="right")
     table.add_column(f"connect/s (-C, c={CONNECT_CLIENTS})", justify="right")
+    table.add_column("COPY MB/s", justify="right")
 
-    def row(name: str, values: list[float | None], conn: float | None) -> list[str]:
-        cells = [f"{v:,.0f}" if v is not None else "-" for v in values]
-        return [name, *cells, f"{conn:,.0f}" if conn is not None else "-"]
+    def row(name: str, values: list[float | None]) -> list[str]:
+        return [name, *(f"{v:,.0f}" if v is not None else "-" for v in values)]
 
     for t in results.targets:
         tps = results.tps.get(t, {})
-        table.add_row(*row(t, [tps.get(c) for c in results.clients], results.connect_rate.get(t)))
+        values = [tps.get(c) for c in results.clients]
+        table.add_row(*row(t, [*values, results.connect_rate.get(t), results.copy_mb_s.get(t)]))
     if "rdsgate" in results.targets:
         mine = results.tps.get("rdsgate", {})
         for peer in ("pgbouncer", "direct"):
@@ -902,18 +942,20 @@ def render(
             theirs = results.tps.get(peer, {})
             cells = [_ratio(mine.get(c), theirs.get(c)) for c in results.clients]
             conn = _ratio(results.connect_rate.get("rdsgate"), results.connect_rate.get(peer))
-            table.add_row(f"rdsgate / {peer}", *cells, conn, style="cyan")
+            copy = _ratio(results.copy_mb_s.get("rdsgate"), results.copy_mb_s.get(peer))
+            table.add_row(f"rdsgate / {peer}", *cells, conn, copy, style="cyan")
     console.print(table)
 
     if results.cpu:
         cpu = Table(
             title="proxy process CPU (all threads) during each run",
-            caption="µs per transaction (per connection for -C) is the figure that compares "
+            caption="µs per transaction (per connection for -C, per MB for COPY) is the figure "
+            "that compares "
             "on a shared machine; the kernel share is mostly loopback socket I/O",
         )
         cpu.add_column("proxy", style="bold")
         cpu.add_column("")
-        keys = [*cols, "connect"]
+        keys = [*cols, "connect", "copy"]
         for key in keys:
             cpu.add_column(key, justify="right")
         for t, by_key in results.cpu.items():
@@ -1009,6 +1051,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=int, help="seconds per point (default 15, --quick 3)")
     p.add_argument("--quick", action="store_true", help="short runs (3 s per point)")
     p.add_argument("--scale", type=int, default=10, help="pgbench -i scale (default 10)")
+    p.add_argument(
+        "--copy-mb",
+        type=int,
+        help="MB of COPY TO STDOUT per target (default 300, --quick 20)",
+    )
     p.add_argument("--json", action="store_true", help="print only JSON on stdout")
     p.add_argument(
         "--no-audit-queries",
@@ -1025,6 +1072,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.duration is None:
         args.duration = 3 if args.quick else 15
+    if args.copy_mb is None:
+        args.copy_mb = 20 if args.quick else 300
+    if args.copy_mb < 1:
+        p.error("--copy-mb must be at least 1")
     if args.duration < 1:
         p.error("--duration must be at least 1 second")
     if args.scale < 1:
@@ -1066,7 +1117,7 @@ def run_points(
     rate, then (with --profile) the py-spy runs; fills `results` as it goes."""
     warmup = min(2, args.duration)
     warm_c = min(8, max(args.clients))
-    runs = len(order) * (len(args.clients) + 2) + (2 if args.profile else 0)
+    runs = len(order) * (len(args.clients) + 3) + (2 if args.profile else 0)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, TimeElapsedColumn(), console=say, transient=True) as progress:
         task = progress.add_task("measuring", total=runs)
@@ -1095,6 +1146,12 @@ def run_points(
             results.connect_rate[target.name] = result.tps
             results.record(target.name, "connect", result)
             done(f"  {target.name:<9} -C     {result.tps:>10,.0f} connections/s")
+        for target in order:
+            step(f"{target.name} COPY {args.copy_mb} MB to stdout")
+            result = run_copy(tools, target, args.copy_mb)
+            results.copy_mb_s[target.name] = result.tps
+            results.record(target.name, "copy", result)
+            done(f"  {target.name:<9} COPY   {result.tps:>10,.0f} MB/s")
         if not args.profile:
             return None
         rdsgate = next(t for t in order if t.name == "rdsgate")

@@ -16,13 +16,12 @@ handshake as before: either way an untrusted certificate never authenticates any
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import ssl
-from typing import Any
 
 from cryptography import x509
 
+from . import openssl
 from .errors import AuthenticationFailed
 
 log = logging.getLogger(__name__)
@@ -38,8 +37,6 @@ _UNKNOWN_ISSUER = {
 }
 #: SSL_VERIFY_PEER, and SSL_VERIFY_FAIL_IF_NO_PEER_CERT with it, as Python sets them.
 _OPENSSL_MODE = {ssl.CERT_OPTIONAL: 0x01, ssl.CERT_REQUIRED: 0x03}
-_WORD = ctypes.sizeof(ctypes.c_void_p)
-_VerifyCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
 
 
 def _accept(preverify_ok: int, store: int | None) -> int:
@@ -48,75 +45,24 @@ def _accept(preverify_ok: int, store: int | None) -> int:
 
 
 #: Module-level so the C callback outlives every context it is installed on.
-_ACCEPT = _VerifyCallback(_accept)
-
-
-class _OpenSSL:
-    """The OpenSSL functions Python's `ssl` does not expose, from the library `_ssl` uses."""
-
-    def __init__(self) -> None:
-        import _ssl
-
-        lib = ctypes.CDLL(_ssl.__file__)
-
-        def fn(name: str, restype: Any, *argtypes: Any) -> Any:
-            f = getattr(lib, name)
-            f.restype, f.argtypes = restype, list(argtypes)
-            return f
-
-        ptr, int_, long_ = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
-        self.set_verify = fn("SSL_CTX_set_verify", None, ptr, int_, _VerifyCallback)
-        self.get_verify_mode = fn("SSL_CTX_get_verify_mode", int_, ptr)
-        self.get_ctx = fn("SSL_get_SSL_CTX", ptr, ptr)
-        self.verify_result = fn("SSL_get_verify_result", long_, ptr)
-        self.error_string = fn("X509_verify_cert_error_string", ctypes.c_char_p, long_)
-
-
-def _field(obj: Any, index: int) -> int | None:
-    """The index-th pointer after the object header: `SSL_CTX *ctx` of `_ssl._SSLContext`,
-    `PyObject *Socket, SSL *ssl` of `_ssl._SSLSocket` (stable since Python 3.7)."""
-    offset = object.__basicsize__ + index * _WORD
-    if offset + _WORD > type(obj).__basicsize__:
-        return None
-    value: int | None = ctypes.c_void_p.from_address(id(obj) + offset).value
-    return value
-
-
-def _load() -> _OpenSSL | None:
-    try:
-        return _OpenSSL()
-    except (OSError, AttributeError, ImportError) as exc:
-        log.warning("OpenSSL's verify callback is not reachable from this Python: %s", exc)
-        return None
-
-
-_LIB = _load()
+_ACCEPT = openssl.VerifyCallback(_accept)
 
 
 def defer_client_verification(ctx: ssl.SSLContext) -> bool:
     """Let the handshake finish whatever the client certificate's chain; `peer_certificate`
     then refuses it. False (nothing changed) when that cannot be done safely here."""
-    global _LIB
-    lib = _LIB
     mode = _OPENSSL_MODE.get(ctx.verify_mode)
-    if lib is None or mode is None:
+    ctx_ptr = openssl.context_pointer(ctx) if mode is not None else None
+    lib = openssl.LIB
+    if lib is None or mode is None or ctx_ptr is None:
         return False
-    ctx_ptr = _field(ctx, 0)
-    probe = ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
-    ssl_ptr = _field(probe._sslobj, 1)  # type: ignore[attr-defined]
-    # Both layouts are proven before anything is written: the SSL of a fresh connection
-    # must point back at this context, whose verify mode must be the one Python set.
-    if (
-        not ctx_ptr
-        or not ssl_ptr
-        or lib.get_ctx(ssl_ptr) != ctx_ptr
-        or lib.get_verify_mode(ctx_ptr) != mode
-    ):
+    # The verify mode must be the one Python set, or this is not the object we think.
+    if lib.get_verify_mode(ctx_ptr) != mode:
         log.warning(
             "unexpected layout of Python's ssl objects: a client certificate from another "
             "CA will fail the TLS handshake instead of getting a FATAL"
         )
-        _LIB = None
+        openssl.LIB = None
         return False
     lib.set_verify(ctx_ptr, mode, _ACCEPT)
     return True
@@ -125,18 +71,19 @@ def defer_client_verification(ctx: ssl.SSLContext) -> bool:
 def peer_certificate(ssl_object: ssl.SSLObject) -> bytes | None:
     """The client's certificate (DER), only if OpenSSL verified its chain; else a FATAL."""
     der = ssl_object.getpeercert(binary_form=True)
-    if not der or _LIB is None:
+    lib = openssl.LIB
+    if not der or lib is None:
         # Without the library nothing was deferred: the handshake itself verified.
         return der or None
-    ssl_ptr = _field(ssl_object._sslobj, 1)  # type: ignore[attr-defined]
-    code = _LIB.verify_result(ssl_ptr) if ssl_ptr else -1
+    ssl_ptr = openssl.ssl_pointer(ssl_object)
+    code = lib.verify_result(ssl_ptr) if ssl_ptr else -1
     if code == _X509_V_OK:
         return der
     if code in _UNKNOWN_ISSUER:
         issuer = x509.load_der_x509_certificate(der).issuer.rfc4514_string()
         message = f"client certificate rejected: issued by {issuer!r}, not by the rdsgate CA"
     else:
-        text = _LIB.error_string(code) if code > 0 else None
+        text = lib.error_string(code) if code > 0 else None
         message = f"client certificate rejected: {(text or b'unknown error').decode()}"
     raise AuthenticationFailed(
         message,

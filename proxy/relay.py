@@ -5,18 +5,38 @@ Backend traffic is copied without being looked at. Frontend traffic goes through
 headers and the SQL of Q and P messages. Backpressure: when one side's write buffer
 fills, the protocol attached to it is told `pause_writing` and pauses reading the other
 side.
+
+TLS records to the client carry at most 8 KB of plaintext, as PostgreSQL's do
+(`tls.cap_records`). OpenSSL splits the writes itself; where it cannot be told to, the
+client is written through `write_in_records`.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import ProtocolViolation
+from .tls import RECORD_PLAINTEXT
 from .wire import FrontendScanner
 
 if TYPE_CHECKING:
     from .session import Session
+
+
+def write_in_records(transport: asyncio.Transport, data: bytes) -> None:
+    """Writes so that no TLS record carries more than `RECORD_PLAINTEXT` bytes: the TLS
+    transport makes one record per buffer, so a larger chunk goes out as slices of one
+    `writelines` call (one flush to the socket, no copies)."""
+    n = len(data)
+    if n <= RECORD_PLAINTEXT:
+        transport.write(data)
+    else:
+        view = memoryview(data)
+        transport.writelines(
+            [view[i : i + RECORD_PLAINTEXT] for i in range(0, n, RECORD_PLAINTEXT)]
+        )
 
 
 class _Leg(asyncio.Protocol):
@@ -44,10 +64,14 @@ class _Leg(asyncio.Protocol):
 class UpstreamLeg(_Leg):
     """Attached to the upstream transport; writes to the client."""
 
-    __slots__ = ("last",)
+    __slots__ = ("last", "write")
 
-    def __init__(self, session: Session, peer: asyncio.Transport) -> None:
+    def __init__(
+        self, session: Session, peer: asyncio.Transport, write: Callable[[bytes], None]
+    ) -> None:
         super().__init__(session, peer)
+        #: `peer.write`, or `write_in_records` where OpenSSL does not cap records itself.
+        self.write = write
         #: The latest upstream chunk since the client last spoke, to tell when the server
         #: waits for the client (ReadyForQuery) — the clean moment to end a session.
         self.last = b""
@@ -60,7 +84,7 @@ class UpstreamLeg(_Leg):
     def data_received(self, data: bytes) -> None:
         self.nbytes += len(data)
         self.last = data
-        self.peer.write(data)
+        self.write(data)
         if self.session.closing is not None:
             self.session.close_if_idle()
 

@@ -36,7 +36,7 @@ from .metrics import Health, Metrics
 from .rbac import authorize
 from .session import CLOSE_GRACE, Session
 from .stream import PacketStream, TLSHandshakeFailed
-from .tls import ALPN, server_context, upstream_context
+from .tls import ALPN, cap_records, server_context, upstream_context
 from .tokenreview import TokenReviewer
 from .upstream import UpstreamConnector
 
@@ -77,13 +77,16 @@ class Server:
         self.labels = dict(config.database.labels)
         self.policy: AccessPolicy | None = None
         self.server_context: ssl.SSLContext | None = None
+        #: Whether OpenSSL keeps TLS records to clients within PostgreSQL's 8 KB.
+        self.records_capped = True
         self.connector = UpstreamConnector(
             config.upstream, config.aws, upstream_context(config.upstream.tls), minter, metrics
         )
         self.reviewer = TokenReviewer()
         self.sessions: set[Session] = set()
         self._per_identity: Counter[str] = Counter()
-        self._cancel_keys: dict[int, tuple[bytes, Session]] = {}
+        #: Sessions by the process ID in their BackendKeyData, each with its secret key.
+        self._cancel_keys: dict[int, list[tuple[bytes, Session]]] = {}
         self._listener: socket.socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._file_keys: dict[str, tuple[int, int, int] | None] = {}
@@ -103,11 +106,15 @@ class Server:
 
     def load_tls(self) -> bool:
         try:
-            self.server_context = server_context(self.config.tls)
+            ctx = server_context(self.config.tls)
         except ConfigError as exc:
             self.health.set("tls", "; ".join(exc.problems))
             log.error("TLS material not loaded: %s", "; ".join(exc.problems))
             return False
+        capped = cap_records(ctx)
+        if not capped and self.records_capped:
+            log.warning("OpenSSL cannot cap TLS records here: the relay splits its writes")
+        self.server_context, self.records_capped = ctx, capped
         self.health.set("tls", None)
         log.info("TLS certificate loaded from %s", self.config.tls.cert_file)
         return True
@@ -176,7 +183,12 @@ class Server:
             if not self._per_identity[name]:
                 del self._per_identity[name]
         if session.cancel_key is not None:
-            self._cancel_keys.pop(session.cancel_key[0], None)
+            pid = session.cancel_key[0]
+            entries = [e for e in self._cancel_keys.get(pid, ()) if e[1] is not session]
+            if entries:
+                self._cancel_keys[pid] = entries
+            else:
+                self._cancel_keys.pop(pid, None)
         if session.relaying:
             self.metrics.sessions_ended.labels(reason).inc()
             self._account_bytes(session)
@@ -190,21 +202,32 @@ class Server:
         self.metrics.bytes_out.inc(sent_out - counted_out)
         session.counted = (sent_in, sent_out)
 
-    def register_cancel_key(self, session: Session) -> tuple[int, bytes]:
-        while True:
+    def register_cancel_key(self, session: Session, upstream_pid: int | None) -> tuple[int, bytes]:
+        """The client's BackendKeyData: the upstream's process ID, so `pg_backend_pid()`,
+        NOTIFY's sender and `pg_terminate_backend` agree with what the driver reports, and a
+        secret key of the proxy's own. Cancels are routed by both; a random ID stands in
+        only when the upstream sent no key."""
+        pid = upstream_pid
+        if pid is None:
             pid = secrets.randbits(31) or 1
-            if pid not in self._cancel_keys:
+            while pid in self._cancel_keys:
+                pid = secrets.randbits(31) or 1
+        entries = self._cancel_keys.setdefault(pid, [])
+        while True:
+            secret = secrets.token_bytes(4)
+            if all(secret != e[0] for e in entries):
                 break
-        secret = secrets.token_bytes(4)
-        self._cancel_keys[pid] = (secret, session)
+        entries.append((secret, session))
         return pid, secret
 
     async def cancel(self, request: wire.CancelRequest) -> None:
-        entry = self._cancel_keys.get(request.pid)
-        if entry is None or not hmac.compare_digest(entry[0], request.secret):
+        session = None
+        for secret, candidate in self._cancel_keys.get(request.pid, ()):
+            if hmac.compare_digest(secret, request.secret):
+                session = candidate
+        if session is None:
             log.info("cancel request with an unknown key ignored")
             return
-        session = entry[1]
         if session.upstream_key is None:
             log.info("cancel request for session %s: the upstream gave no key", session.id)
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import secrets
 import ssl
 import time
@@ -38,7 +39,7 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .rbac import SessionOptions, authorize
-from .relay import ClientLeg, UpstreamLeg
+from .relay import ClientLeg, UpstreamLeg, write_in_records
 from .stream import ConnectionClosed, PacketStream, TLSHandshakeFailed
 from .tokenreview import looks_like_jwt
 
@@ -303,21 +304,28 @@ class Session:
             return
         self._client_t, self._upstream_t = client_t, upstream_t
         self.upstream_key = backend_key
-        self.cancel_key = server.register_cancel_key(self)
+        self.cancel_key = server.register_cancel_key(
+            self, backend_key[0] if backend_key is not None else None
+        )
         greeting.insert(len(greeting) - 1, wire.backend_key_data(*self.cancel_key))
         scanner = (
             wire.FrontendScanner(server.config.audit.max_query_bytes)
             if self.audit_queries
             else None
         )
-        up_leg = self.upstream_leg = UpstreamLeg(self, client_t)
+        write = (
+            client_t.write
+            if server.records_capped
+            else functools.partial(write_in_records, client_t)
+        )
+        up_leg = self.upstream_leg = UpstreamLeg(self, client_t, write)
         up_leg.last = greeting[-1]
         cl_leg = self.client_leg = ClientLeg(self, upstream_t, up_leg, scanner)
         pending_client = self.stream.reader.take_buffer()
         pending_upstream = upstream.reader.take_buffer()
         upstream_t.set_protocol(up_leg)
         client_t.set_protocol(cl_leg)
-        client_t.write(b"".join(greeting))
+        write(b"".join(greeting))
         self.idle_since = time.monotonic()
         server.audit.emit("session.start", self.fields())
         server.metrics.sessions_total.inc()

@@ -1,8 +1,8 @@
 """TLS contexts for both legs: the client-facing listener and the upstream RDS Proxy.
 
 Client side: TLS 1.2+, ALPN `postgresql` (required for direct TLS), optional client
-certificates from the operator's CA (refused after the handshake, with a FATAL), session tickets on so reconnects skip the full
-handshake. Upstream: verified by default against the system store (RDS Proxy serves
+certificates from the operator's CA (refused after the handshake, with a FATAL), session
+tickets on so reconnects skip the full handshake, records of at most 8 KB of plaintext. Upstream: verified by default against the system store (RDS Proxy serves
 ACM certificates that chain to Amazon's public roots) plus an optional CA bundle.
 """
 
@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import ssl
 
-from . import certverify
+from . import certverify, openssl
 from .config import ClientTLS, UpstreamTLS
 from .errors import ConfigError
 
 ALPN = "postgresql"
+#: PostgreSQL's send buffer, and so the most plaintext it puts in one TLS record.
+RECORD_PLAINTEXT = 8192
 #: OpenSSL's X509_V_FLAG_NO_CHECK_TIME, which Python's ssl module has no name for.
 _X509_V_FLAG_NO_CHECK_TIME = 0x200000
 
@@ -37,6 +39,14 @@ def server_context(tls: ClientTLS) -> ssl.SSLContext:
         raise ConfigError("tls", [f"cannot load the server certificate and key: {exc}"]) from exc
     ctx.set_alpn_protocols([ALPN])
     return ctx
+
+
+def cap_records(ctx: ssl.SSLContext) -> bool:
+    """TLS records to clients no larger than PostgreSQL's: libpq's async API can wait on the
+    socket while the rest of a larger record sits decrypted in OpenSSL's buffer, and hang.
+    OpenSSL splits each write itself, at no cost; False where it cannot be told to, and
+    the relay then splits its writes (`relay.write_in_records`)."""
+    return openssl.set_max_send_fragment(ctx, RECORD_PLAINTEXT)
 
 
 def upstream_context(tls: UpstreamTLS) -> ssl.SSLContext:

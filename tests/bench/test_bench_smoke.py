@@ -58,19 +58,23 @@ def test_a_quick_run_measures_every_target_and_cleans_up() -> None:
     if missing:
         pytest.skip(missing)
     cmd = [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--duration", "1"]
-    cmd += ["--clients", "1", "--scale", "1", "--json"]
+    cmd += ["--clients", "1", "--scale", "1", "--copy-mb", "5", "--json"]
 
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=110, cwd=REPO, check=False)
 
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)  # fails if anything but the JSON reached stdout
-    assert {"tps", "connect_rate"} <= set(doc) <= {"tps", "connect_rate", "machine"}
+    assert set(doc) == {"tps", "connect_rate", "copy_mb_s", "proxy_cpu_us", "machine"}
     assert set(doc["tps"]) == TARGETS
     for target, by_clients in doc["tps"].items():
         assert set(by_clients) == {"1"}, target
         assert by_clients["1"] > 0, target
     assert set(doc["connect_rate"]) == TARGETS
     assert all(rate > 0 for rate in doc["connect_rate"].values()), doc["connect_rate"]
+    assert set(doc["copy_mb_s"]) == TARGETS
+    assert all(rate > 0 for rate in doc["copy_mb_s"].values()), doc["copy_mb_s"]
+    assert set(doc["proxy_cpu_us"]) == {"pgbouncer", "rdsgate"}
+    assert set(doc["proxy_cpu_us"]["rdsgate"]) == {"c=1", "connect", "copy"}
     work = re.search(r"work dir: (\S+)", proc.stderr)
     assert work, proc.stderr
     assert not Path(work.group(1)).exists()
