@@ -310,7 +310,6 @@ class RequesterCheck:
     requested: tuple[str, ...] = ()
     #: The approval or denial the webhook signed, if any; unsigned decision annotations.
     decision: Decision | None = None
-    decision_forged: bool = False
 
 
 class ApprovalPending(Problem):

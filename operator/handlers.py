@@ -587,14 +587,9 @@ class Reconciler:
         unsure: list[str] = []
         for token in access.live(tokens):
             stamp = admission.read_stamp(token, self.stamp_key)
-            decision, decision_forged = admission.read_decision(token, self.stamp_key)
+            decision, _ = admission.read_decision(token, self.stamp_key)
             requester = stamp.requester
-            base = access.RequesterCheck(
-                requester,
-                forged=stamp.forged,
-                decision=decision,
-                decision_forged=decision_forged,
-            )
+            base = access.RequesterCheck(requester, forged=stamp.forged, decision=decision)
             if requester is None:
                 checks[name_of(token)] = base
                 continue

@@ -91,13 +91,9 @@ def checks(tokens: list[dict[str, Any]], **kw: Any) -> dict[str, access.Requeste
     found = {}
     for t in tokens:
         stamp = admission.read_stamp(t, STAMP_KEY)
-        decision, decision_forged = admission.read_decision(t, STAMP_KEY)
+        decision, _ = admission.read_decision(t, STAMP_KEY)
         found[t["metadata"]["name"]] = access.RequesterCheck(
-            stamp.requester,
-            forged=stamp.forged,
-            decision=decision,
-            decision_forged=decision_forged,
-            **kw,
+            stamp.requester, forged=stamp.forged, decision=decision, **kw
         )
     return found
 

@@ -366,7 +366,6 @@ def test_groups_annotation_is_compact_json() -> None:
 # Access requests: request, approve, deny (docs/access-requests.md)
 
 BOB = {"username": "bob", "groups": ["oncall-leads"]}
-REASON = {"rdsgate.dev/request-reason": "INC-4711"}
 
 
 def ctx(
