@@ -6,7 +6,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck unit bench clean system-deps helm
+NODE_COMPAT := tests/compat/node
+
+.PHONY: demo test lint typecheck unit bench clean system-deps helm node-deps node-tools
 
 $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) and installing rdsgate with its test and bench extras"
@@ -23,6 +25,19 @@ system-deps:
 helm: $(STAMP)
 	@scripts/get-helm $(BIN)
 
+# node and npm, then node-postgres and pg-copy-streams for the driver compatibility tests
+# (tests/compat), exactly as package-lock.json pins them; `npm ci` runs again only when
+# node_modules is missing or older than the lock file.
+node-tools:
+	@scripts/system-deps node
+
+node-deps: node-tools $(NODE_COMPAT)/node_modules
+
+$(NODE_COMPAT)/node_modules: $(NODE_COMPAT)/package-lock.json | node-tools
+	@echo "==> npm ci --prefix $(NODE_COMPAT)"
+	@npm ci --prefix $(NODE_COMPAT) --no-audit --no-fund --loglevel=error
+	@touch $@
+
 demo: $(STAMP) system-deps
 	@$(BIN)/rdsgate demo
 
@@ -36,7 +51,7 @@ typecheck: $(STAMP)
 	@$(BIN)/mypy -p rdsgate.proxy -p rdsgate.operator -p rdsgate.lab
 	@$(BIN)/mypy tests bench scripts/gen_docs.py
 
-test: $(STAMP) system-deps helm lint typecheck
+test: $(STAMP) system-deps node-deps helm lint typecheck
 	@echo "==> pytest"
 	@$(BIN)/pytest $(PYTEST_ARGS)
 
@@ -45,4 +60,4 @@ bench: $(STAMP)
 	@$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache $(NODE_COMPAT)/node_modules
