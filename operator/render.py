@@ -210,6 +210,7 @@ _SPEC_PATHS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("upstream", "tls", "ca_file"), "spec.tls.caBundle"),
     (("upstream", "tls"), "spec.tls"),
     (("upstream", "endpoint"), "spec.endpoint"),
+    (("upstream", "warm"), "spec.proxy.warmConnections"),
     (("upstream",), "spec"),
     (("listen", "port"), "spec.proxy.port"),
     (("metrics", "port"), "spec.proxy.metricsPort"),
@@ -264,6 +265,9 @@ def proxy_config(db: Database) -> ProxyConfig:
     _check_names(db)
     proxy, tls, aws, audit = (db.section(k) for k in ("proxy", "tls", "aws", "audit"))
     ca_bundle = _ca_bundle(db)
+    warm = proxy.get("warmConnections") or {}
+    if not isinstance(warm, Mapping):
+        raise InvalidSpec("spec.proxy.warmConnections must be an object")
     client_ca = CONFIG_DIR / CLIENT_CA_KEY if db.issuer_ref else TLS_DIR / "ca.crt"
     # Field names, not aliases: the model decides how they are spelled on disk.
     data: dict[str, Any] = {
@@ -280,6 +284,11 @@ def proxy_config(db: Database) -> ProxyConfig:
                 "mode": tls.get("mode", "verify-full"),
                 "ca_file": str(CONFIG_DIR / UPSTREAM_CA_KEY) if ca_bundle else None,
                 "server_name": tls.get("serverName"),
+            },
+            "warm": {
+                "per_key": warm.get("perKey", 2),
+                "max_total": warm.get("maxTotal", 32),
+                "idle_timeout": warm.get("idleTimeout", "5m"),
             },
         },
         "aws": dict(aws),

@@ -60,10 +60,23 @@ class UpstreamTLS(Model):
     server_name: str | None = None
 
 
+class Warm(Model):
+    """Upstream connections logged in ahead of time (`warm.py`)."""
+
+    #: Per set of start-up parameters (user, database, application_name, ...); 0 = off.
+    per_key: int = Field(2, ge=0, le=64)
+    max_total: int = Field(32, ge=0, le=10000)
+    #: Below RDS Proxy's idle client timeout (IdleClientTimeout, 30 minutes by default).
+    idle_timeout: Duration = 300.0
+    #: Parameter sets no client used for this long get no warm connections.
+    forget_after: Duration = 600.0
+
+
 class Upstream(Model):
     endpoint: str = Field(pattern=ENDPOINT_PATTERN)
     tls: UpstreamTLS = UpstreamTLS()
     connect_timeout: Duration = 5.0
+    warm: Warm = Warm()
 
     @property
     def host(self) -> str:

@@ -63,6 +63,15 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.warm_taken = Counter(
+            "rdsgate_upstream_warm",
+            "Log-ins that took a warm upstream connection (hit) or had to open one (miss)",
+            ["result"],
+            registry=r,
+        )
+        self.warm_idle = Gauge(
+            "rdsgate_upstream_warm_idle", "Warm upstream connections waiting now", registry=r
+        )
         self.bytes = Counter(
             "rdsgate_bytes",
             "Bytes relayed",

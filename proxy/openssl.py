@@ -74,7 +74,15 @@ def context_pointer(ctx: ssl.SSLContext) -> int | None:
     if lib is None:
         return None
     ctx_ptr = _field(ctx, 0)
-    probe = ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=True)
+    try:
+        probe = ctx.wrap_bio(
+            ssl.MemoryBIO(),
+            ssl.MemoryBIO(),
+            server_side=ctx.protocol != ssl.PROTOCOL_TLS_CLIENT,
+            server_hostname="probe.invalid" if ctx.check_hostname else None,
+        )
+    except (ssl.SSLError, ValueError):
+        return None
     ssl_ptr = ssl_pointer(probe)
     if not ctx_ptr or not ssl_ptr or lib.get_ctx(ssl_ptr) != ctx_ptr:
         log.warning("unexpected layout of Python's ssl objects: OpenSSL settings left as they are")

@@ -39,6 +39,7 @@ from .stream import PacketStream, TLSHandshakeFailed
 from .tls import ALPN, cap_records, server_context, upstream_context
 from .tokenreview import TokenReviewer
 from .upstream import UpstreamConnector
+from .warm import WarmPool
 
 log = logging.getLogger("rdsgate.proxy")
 T = TypeVar("T")
@@ -82,6 +83,7 @@ class Server:
         self.connector = UpstreamConnector(
             config.upstream, config.aws, upstream_context(config.upstream.tls), minter, metrics
         )
+        self.warm = WarmPool(config.upstream.warm, self.connector.login, metrics)
         self.reviewer = TokenReviewer()
         self.sessions: set[Session] = set()
         self._per_identity: Counter[str] = Counter()
@@ -136,6 +138,9 @@ class Server:
                     problem,
                 )
             return False
+        if self.policy is not None and policy.digest != self.policy.digest:
+            # Nothing logged in ahead of time outlives the grants that asked for it.
+            self.warm.clear()
         self.policy = policy
         self.metrics.access_reloads.labels("ok").inc()
         self.metrics.access_grants.set(len(policy.file.grants))
@@ -275,7 +280,9 @@ class Server:
     # background work
 
     def _sweep(self) -> None:
-        """Idle timeouts and grant expiry; also publishes relayed byte counts."""
+        """Idle timeouts and grant expiry, and warm connections' own; also publishes
+        relayed byte counts."""
+        self.warm.sweep()
         now_m = time.monotonic()
         idle_limit = self.config.limits.idle_timeout
         now = utcnow()
@@ -455,6 +462,7 @@ class Server:
     async def drain(self) -> None:
         """Stops accepting, lets sessions finish for drainTimeout, then ends the rest."""
         self.health.draining = True
+        await self.warm.close()
         if self._listener is not None:
             self._listener.close()
         self._tasks[0].cancel()
@@ -472,6 +480,7 @@ class Server:
         self.audit.flush()
 
     async def stop(self) -> None:
+        await self.warm.close()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:

@@ -151,7 +151,10 @@ class Session:
                 ) from None
             self._authorize()
             server.session_logged_in(self)
-            upstream = await server.connector.login(params)
+            upstream = server.warm.take(params)
+            if upstream is None:
+                upstream = await server.connector.login(params)
+                server.warm.logged_in(params)
             self._start_relay(upstream.stream, upstream.greeting, upstream.backend_key)
         except ProxyError as exc:
             self._fail(exc)

@@ -197,23 +197,23 @@ async def terminate(t: Target) -> dict[str, Any]:
     conn = await connect(t, server_settings={"application_name": app})
     watcher = await connect(t)
     try:
-        listed = await watcher.fetch(
-            "select pid from pg_stat_activity where application_name = $1", app
-        )
         pid = conn.get_server_pid()
+        # By pid: through a proxy with warm upstream connections (docs/proxy.md), idle
+        # sessions with the same application_name may sit beside this one.
+        listed = await watcher.fetch(
+            "select application_name from pg_stat_activity where pid = $1", pid
+        )
         conn.terminate()
 
         async def gone() -> bool:
-            rows = await watcher.fetch(
-                "select 1 from pg_stat_activity where application_name = $1", app
-            )
+            rows = await watcher.fetch("select 1 from pg_stat_activity where pid = $1", pid)
             return not rows
 
         await apoll(gone, "the terminated session to leave pg_stat_activity", limit=5)
         return {
             "listed_once": len(listed),
             "closed": conn.is_closed(),
-            "listed_pid_is_server_pid": [r["pid"] for r in listed] == [pid],
+            "listed_pid_is_server_pid": [r["application_name"] for r in listed] == [app],
         }
     finally:
         await within(watcher.close())

@@ -297,15 +297,17 @@ def terminate_backend(t: Target) -> dict[str, Any]:
         psycopg.connect(t.dsn(), autocommit=True) as killer,
     ):
         pid = victim.info.backend_pid
+        # By pid: through a proxy with warm upstream connections (docs/proxy.md), idle
+        # sessions with the same application_name may sit beside this one.
         listed = killer.execute(
-            "select pid from pg_stat_activity where application_name = %s", [app]
+            "select application_name from pg_stat_activity where pid = %s", [pid]
         ).fetchall()
         terminated = killer.execute("select pg_terminate_backend(%s, 5000)", [pid]).fetchone()
         # With a pid that is not the backend's, nothing was terminated: no need to wait.
         gone = terminated == (True,) and poll(
             lambda: (
                 not killer.execute(
-                    "select 1 from pg_stat_activity where application_name = %s", [app]
+                    "select 1 from pg_stat_activity where pid = %s", [pid]
                 ).fetchall()
             ),
             "the terminated session to leave pg_stat_activity",
@@ -320,7 +322,7 @@ def terminate_backend(t: Target) -> dict[str, Any]:
                 "terminating connection due to administrator command" in str(exc),
             )
         return {
-            "listed_pid_is_backend_pid": listed == [(pid,)],
+            "listed_pid_is_backend_pid": listed == [(app,)],
             "terminated": terminated,
             "gone": gone,
             "error": error,

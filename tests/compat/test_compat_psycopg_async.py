@@ -214,9 +214,7 @@ async def terminate_backend(t: Target) -> dict[str, Any]:
         ).fetchone()
 
         async def gone() -> bool:
-            cur = await killer.execute(
-                "select 1 from pg_stat_activity where application_name = %s", [app]
-            )
+            cur = await killer.execute("select 1 from pg_stat_activity where pid = %s", [pid])
             return not await cur.fetchall()
 
         if terminated == (True,):  # else the pid was not the backend's: nothing to wait for

@@ -192,8 +192,18 @@ def test_config_mounted_in_the_pod_is_what_the_proxy_loads() -> None:
     assert str(config.tls.client_ca_file) == "/etc/rdsgate/tls/ca.crt"
     assert str(config.access.file) == "/etc/rdsgate/access/access.yaml"
     assert config.metrics.port == 9187
+    assert (config.upstream.warm.per_key, config.upstream.warm.max_total) == (2, 32)
+    assert config.upstream.warm.idle_timeout == 300
     pod = by_kind(objs, "Deployment")["spec"]["template"]["spec"]
     assert pod["containers"][0]["ports"][1]["containerPort"] == config.metrics.port
+
+
+def test_warm_connections_come_from_the_database() -> None:
+    db = make_db(proxy__warmConnections={"perKey": 0, "maxTotal": 8, "idleTimeout": "90s"})
+    config = render.proxy_config(db)
+    assert config.upstream.warm.per_key == 0
+    assert config.upstream.warm.max_total == 8
+    assert config.upstream.warm.idle_timeout == 90
 
 
 def test_metrics_port_moves_the_probes_and_what_the_operator_scrapes() -> None:
@@ -243,6 +253,15 @@ def test_a_ca_bundle_goes_into_the_config_map() -> None:
         ({"engine": "mysql"}, "spec.engine 'mysql' is not served yet"),
         ({"proxy__replicas": -1}, "spec.proxy.replicas must be a whole number"),
         ({"proxy": "big"}, "spec.proxy must be an object"),
+        (
+            {"proxy__warmConnections": {"perKey": -1}},
+            "spec.proxy.warmConnections.perKey: Input should be greater than or equal to 0",
+        ),
+        (
+            {"proxy__warmConnections": {"idleTimeout": "later"}},
+            "spec.proxy.warmConnections.idleTimeout: invalid duration 'later'",
+        ),
+        ({"proxy__warmConnections": 3}, "spec.proxy.warmConnections must be an object"),
         (
             {"proxy__serviceAccount": {"name": "a", "roleArn": "arn:aws:iam::123456789012:role/x"}},
             "spec.proxy.serviceAccount: set either name",
