@@ -1,21 +1,53 @@
-"""`make bench`: pgbench -S through rdsgate-proxy, pgbouncer and PostgreSQL direct, in one run,
-and the throughput of a large `COPY ... TO STDOUT` through each (psql, output discarded).
+"""`make bench`: rdsgate-proxy next to its peers, measured in one run on this machine.
 
 A proxy's cost only means something next to a peer measured on the same machine at the
-same moment, so this starts all three on loopback and reads the result as ratios:
+same moment, so this starts everything on loopback and reads the results as ratios.
 
-- `direct`: a throwaway PostgreSQL (the lab's) over TLS, `sslmode=require`;
-- `pgbouncer`: session mode, TLS on both legs (`client_tls_sslmode=require`,
-  `server_tls_sslmode=verify-full`), `auth_type = plain` — the same cleartext password
-  inside TLS that rdsgate asks its clients for;
-- `rdsgate`: `rdsgate-proxy` with client TLS, an access file granting one Token, default
-  audit (every query is a `session.query` line) and IAM tokens signed locally with static
-  fake keys, pointed at PostgreSQL directly (`trust` auth ignores the token), so only
-  rdsgate's own cost is measured.
+1. **Throughput**: pgbench -S through three targets, interleaved per point (direct,
+   pgbouncer, rdsgate at c=1, then c=8, ...) so drift on a shared machine hits all alike,
+   then pgbench -S -C (a new connection per transaction), then a large
+   `COPY ... TO STDOUT` through each (psql, output discarded):
 
-Targets run interleaved per point (direct, pgbouncer, rdsgate at c=1, then c=8, ...) so
-drift on a shared machine hits all of them alike. Everything started here is stopped and
-its files removed on exit, Ctrl-C and SIGTERM included.
+   - `direct`: a throwaway PostgreSQL (the lab's) over TLS, `sslmode=require`;
+   - `pgbouncer`: session mode, TLS on both legs (`client_tls_sslmode=require`,
+     `server_tls_sslmode=verify-full`), `auth_type = plain` — the same cleartext password
+     inside TLS that rdsgate asks its clients for;
+   - `rdsgate`: `rdsgate-proxy` with client TLS, an access file granting one Token,
+     default audit (every query is a `session.query` line) and IAM tokens signed locally
+     with static fake keys, pointed at PostgreSQL directly (`trust` auth ignores the
+     token), so only rdsgate's own cost is measured.
+
+2. **Connection latency** (`bench/connect_latency.py`, `--connections`, default 1000 per
+   target, 200 with --quick): sequential new connections, start of connect to the result
+   of `select 1`, through an rdsgate in front of the lab's RDS Proxy stand-in (which checks
+   IAM tokens as RDS Proxy does and answers a log-in 20 ms late) against logging in to the
+   stand-in directly with an IAM token from boto3.
+
+3. **Idle memory** (`bench/idle_memory.py`, `--idle-sessions`, default 2000): the RSS of
+   one rdsgate holding that many idle TLS sessions, each with its upstream connection (to
+   a pgbouncer in transaction mode), and the bytes per session.
+
+`--json` prints only this on stdout (every number rounded; ratios are left to the reader):
+
+- `tps` {target: {clients: TPS}}, `connect_rate` {target: connections/s of the -C run},
+  `copy_mb_s` {target: MB/s};
+- `proxy_cpu_us` {proxy: {"c=N" | "connect" | "copy": µs of proxy CPU per transaction,
+  per new connection, per MB}}, and `cpu_us_per_connection` {proxy: µs per new
+  connection}, the same "connect" figure on its own, for pgbouncer and rdsgate;
+- `tps_audit` {clients: TPS}: rdsgate's TPS with every query audited at c=8 and c=32 (at
+  the client counts measured when the run had neither); absent with --no-audit-queries;
+- `connect_latency_ms` {"rdsgate" | "rds-proxy-direct": {"p50", "p99", "mean": ms, "n":
+  connections}}; rdsgate's entry also has `warm` {"hit": n, "miss": n} (the proxy's
+  `rdsgate_upstream_warm_total` during the measured connections) when the proxy exports
+  it; absent with --connections 0;
+- `idle_rss_mib_2000` (MiB; null unless exactly 2,000 sessions were measured),
+  `idle_bytes_per_session`, `idle_sessions`, `idle_rss_mib` (at that count),
+  `idle_rss_baseline_mib`; absent with --idle-sessions 0;
+- `machine`: what it ran on, and the load average before and after.
+
+Without rdsgate in --targets, points 2 and 3 are skipped (both measure rdsgate).
+Everything started here is stopped and its files removed on exit, Ctrl-C and SIGTERM
+included; the run raises its own open-files limit for point 3 (its children inherit it).
 """
 
 from __future__ import annotations
@@ -30,14 +62,11 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,22 +74,32 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from rdsgate.lab.kubelet import ProjectedVolume
-from rdsgate.lab.postgres import (
-    LabCA,
-    PostgresError,
-    PostgresNotInstalled,
-    PostgresServer,
-    free_port,
+from rdsgate.lab.postgres import LabCA, PostgresError, PostgresNotInstalled, PostgresServer
+
+if __package__ in (None, ""):
+    # `python bench/run.py`, as `make bench` runs it: the repository root makes the `bench`
+    # package importable, as pytest's `pythonpath` does for the smoke test.
+    # Appended, so that no directory of the repository shadows a module of the same name.
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
+
+from bench import connect_latency, idle_memory, rig
+from bench.rig import (
+    DB_NAME,
+    DB_USER,
+    HOST,
+    INSTALL_HINT,
+    STATIC_AWS_ENV,
+    BenchError,
+    Service,
+    clean_env,
+    find_pgbouncer,
+    find_program,
 )
-from rdsgate.operator import pki
-from rdsgate.proxy.access import secret_digest
 
 TARGETS = ("direct", "pgbouncer", "rdsgate")
 DEFAULT_CLIENTS = (1, 8, 32)
@@ -68,23 +107,13 @@ CONNECT_CLIENTS = 8
 #: Each COPY row is 1,000 bytes of text and a newline.
 COPY_ROW_BYTES = 1001
 PROFILE_CLIENTS = 8
-DB_USER = "bench"
-DB_NAME = "bench"
-#: Loopback for every leg; the lab certificates name both `localhost` and 127.0.0.1.
-HOST = "127.0.0.1"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-INSTALL_HINT = "`make bench` installs them (scripts/system-deps postgres pgbouncer)"
-READY_TIMEOUT = 30.0
 
 TPS_RE = re.compile(
     r"^tps = ([0-9.]+) \((without initial connection time|including reconnection times)\)",
     re.MULTILINE,
 )
 FAILED_RE = re.compile(r"^number of failed transactions: (\d+)", re.MULTILINE)
-
-
-class BenchError(RuntimeError):
-    """A failure the user can act on; the message says what happened and what to do."""
 
 
 # -- tools ------------------------------------------------------------------------------
@@ -100,54 +129,30 @@ class Tools:
     pyspy: Path | None
 
 
-def _find_program(name: str, extra_dirs: Sequence[Path] = ()) -> Path | None:
-    pg_dirs = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin"),
-        key=lambda d: [int(n) for n in re.findall(r"\d+", d.parent.name)],
-        reverse=True,
-    )
-    for directory in [*extra_dirs, *pg_dirs]:
-        candidate = directory / name
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    found = shutil.which(name)
-    return Path(found) if found else None
-
-
-def find_tools(targets: Sequence[str], profile: bool) -> Tools:
-    """Every program this run needs, or one error naming all the missing ones."""
+def find_tools(targets: Sequence[str], profile: bool, *, idle_sessions: bool = False) -> Tools:
+    """Every program this run needs, or one error naming all the missing ones; pgbouncer
+    also serves as the upstream of the idle-session measurement."""
     missing: list[str] = []
-    pgbench = _find_program("pgbench")
-    psql = _find_program("psql")
+    pgbench = find_program("pgbench")
+    psql = find_program("psql")
     if pgbench is None:
         missing.append("pgbench (Debian package postgresql-contrib)")
     if psql is None:
         missing.append("psql (postgresql-client)")
     pgbouncer = None
-    if "pgbouncer" in targets:
-        pgbouncer = _find_program("pgbouncer", [Path("/usr/sbin")])
+    if "pgbouncer" in targets or idle_sessions:
+        pgbouncer = find_pgbouncer()
         if pgbouncer is None:
             missing.append("pgbouncer (Debian package pgbouncer)")
     pyspy = None
     if profile:
-        pyspy = _find_program("py-spy", [Path(sys.executable).parent])
+        pyspy = find_program("py-spy", [Path(sys.executable).parent])
         if pyspy is None:
             missing.append("py-spy (`.venv/bin/pip install py-spy`, in the bench extras)")
     if missing:
         raise BenchError("missing: " + "; ".join(missing) + f". {INSTALL_HINT}.")
     assert pgbench is not None and psql is not None
     return Tools(pgbench, psql, pgbouncer, pyspy)
-
-
-def proxy_command() -> list[str]:
-    """The installed `rdsgate-proxy` next to this interpreter, else the module."""
-    script = Path(sys.executable).parent / "rdsgate-proxy"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "rdsgate.proxy.main"]
-
-
-def _clean_env() -> dict[str, str]:
-    """This environment minus libpq's and AWS's variables, which would redirect clients."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("PG", "AWS_"))}
 
 
 # -- targets ----------------------------------------------------------------------------
@@ -169,7 +174,7 @@ class Target:
 
     def env(self) -> dict[str, str]:
         """libpq settings for pgbench and psql: the same TLS mode for every target."""
-        env = _clean_env() | {
+        env = clean_env() | {
             "PGHOST": HOST,
             "PGPORT": str(self.port),
             "PGUSER": DB_USER,
@@ -181,128 +186,6 @@ class Target:
         if self.password is not None:
             env["PGPASSWORD"] = self.password
         return env
-
-
-class Service:
-    """A background server in its own process group, so Ctrl-C in the terminal reaches
-    only this script, which then stops the group itself (runuser and its child alike)."""
-
-    def __init__(
-        self,
-        name: str,
-        cmd: Sequence[str],
-        env: Mapping[str, str],
-        log_file: Path,
-        stdout_file: Path | None = None,
-    ) -> None:
-        """Output goes to `log_file`; with `stdout_file`, stdout goes there instead."""
-        self.name = name
-        self.log_file = log_file
-        #: the process doing the work when `cmd` is a wrapper such as runuser
-        self.pid_override: int | None = None
-        with contextlib.ExitStack() as files:
-            log = files.enter_context(log_file.open("wb"))
-            out = files.enter_context(stdout_file.open("wb")) if stdout_file else log
-            self.process = subprocess.Popen(
-                list(cmd),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=log,
-                env=dict(env),
-                start_new_session=True,
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.pid_override or self.process.pid
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_file.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def check_alive(self) -> None:
-        if self.process.poll() is not None:
-            raise BenchError(
-                f"{self.name} exited with status {self.process.returncode}:\n{self.log_tail()}"
-            )
-
-    def wait_until(self, what: str, condition: Callable[[], bool], timeout: float) -> None:
-        """Polls `condition` until it holds; fails early if the process dies."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.check_alive()
-            if condition():
-                return
-            if time.monotonic() > deadline:
-                raise BenchError(
-                    f"{self.name} was not {what} within {timeout:g}s:\n{self.log_tail()}"
-                )
-            # Waiting on the process doubles as the pause between polls and notices an exit.
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(0.05)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        pgid = self.process.pid
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pgid, signal.SIGKILL)
-                self.process.wait()
-        # runuser's child (pgbouncer) may outlive runuser for a moment: wait for the group.
-        deadline = time.monotonic() + 5
-        while _group_alive(pgid):
-            if time.monotonic() > deadline:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pgid, signal.SIGKILL)
-                break
-            time.sleep(0.02)  # polling the group's exit; there is no handle to wait on
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback
-            return bool(resp.status == 200)
-    except (OSError, urllib.error.URLError):
-        return False
-
-
-def _write_key_pair(directory: Path, keypair: pki.KeyPair) -> tuple[Path, Path]:
-    cert, key = directory / "tls.crt", directory / "tls.key"
-    cert.write_bytes(keypair.cert_pem)
-    key.write_bytes(keypair.key_pem)
-    key.chmod(0o600)
-    return cert, key
-
-
-def _chown_tree(path: Path, user: str) -> None:
-    shutil.chown(path, user)
-    for child in path.rglob("*"):
-        shutil.chown(child, user)
 
 
 def start_postgres(stack: contextlib.ExitStack, ca: LabCA) -> PostgresServer:
@@ -331,56 +214,8 @@ def start_pgbouncer(
 ) -> Target:
     """pgbouncer in session mode with TLS on both legs and cleartext auth, like rdsgate."""
     assert tools.pgbouncer is not None
-    directory = work / "pgbouncer"
-    directory.mkdir()
-    cert, key = _write_key_pair(directory, pki.issue_server_cert(ca.keypair, ["localhost"], [HOST]))
-    ca_file = directory / "ca.crt"
-    ca_file.write_bytes(ca.keypair.cert_pem)
-    userlist = directory / "userlist.txt"
-    userlist.write_text(f'"{DB_USER}" "{pw}"\n')
-    userlist.chmod(0o600)
-    port = free_port(HOST)
-    ini = directory / "pgbouncer.ini"
-    ini.write_text(
-        f"""\
-[databases]
-{DB_NAME} = host=localhost port={pg.port} dbname={DB_NAME}
-
-[pgbouncer]
-listen_addr = {HOST}
-listen_port = {port}
-unix_socket_dir =
-pidfile = {directory / "pgbouncer.pid"}
-auth_type = plain
-auth_file = {userlist}
-pool_mode = session
-max_client_conn = 512
-default_pool_size = 128
-max_db_connections = 0
-ignore_startup_parameters = extra_float_digits
-log_connections = 0
-log_disconnections = 0
-client_tls_sslmode = require
-client_tls_cert_file = {cert}
-client_tls_key_file = {key}
-server_tls_sslmode = verify-full
-server_tls_ca_file = {ca_file}
-"""
-    )
-    cmd = [str(tools.pgbouncer), str(ini)]
-    if os.geteuid() == 0:  # pgbouncer refuses to run as root
-        _chown_tree(directory, "postgres")
-        cmd = ["runuser", "-u", "postgres", "--", *cmd]
-    service = Service("pgbouncer", cmd, _clean_env(), work / "pgbouncer.log")
-    stack.callback(service.stop)
-    pidfile = directory / "pgbouncer.pid"
-    service.wait_until(
-        f"listening on {HOST}:{port}",
-        lambda: pidfile.exists() and _port_open(port),
-        READY_TIMEOUT,
-    )
-    service.pid_override = int(pidfile.read_text().split()[0])  # runuser's child
-    return Target("pgbouncer", port, pw, service)
+    bouncer = rig.start_pgbouncer(stack, tools.pgbouncer, work, ca, pg, pw)
+    return Target("pgbouncer", bouncer.port, pw, bouncer.service)
 
 
 def start_rdsgate(
@@ -392,76 +227,19 @@ def start_rdsgate(
     *,
     audit_queries: bool = True,
 ) -> Target:
-    """rdsgate-proxy from a config file and an access file in the kubelet's layout, as
-    the operator renders them; static fake AWS keys sign IAM tokens locally."""
-    directory = work / "rdsgate"
-    directory.mkdir()
-    cert, key = _write_key_pair(directory, pki.issue_server_cert(ca.keypair, ["localhost"], [HOST]))
-    access = ProjectedVolume(directory / "access")
-    access.write(
-        {
-            "access.yaml": yaml.safe_dump(
-                {
-                    "version": 1,
-                    "roles": [
-                        {
-                            "name": "bench",
-                            "allow": {
-                                "databases": {},
-                                "databaseNames": [DB_NAME],
-                                "databaseUsers": [DB_USER],
-                            },
-                        }
-                    ],
-                    "grants": [
-                        {
-                            "identity": "bench/pgbench",
-                            "secretSha256": secret_digest(secret),
-                            "roles": ["bench"],
-                        }
-                    ],
-                }
-            )
-        }
+    """rdsgate-proxy pointed at PostgreSQL directly; static fake AWS keys sign IAM tokens
+    locally (`trust` ignores them)."""
+    proxy = rig.start_rdsgate(
+        stack,
+        work,
+        ca,
+        secret,
+        upstream=f"localhost:{pg.port}",
+        aws={"region": "eu-west-1"},
+        aws_env=STATIC_AWS_ENV,
+        audit_queries=audit_queries,
     )
-    port, metrics_port = free_port(HOST), free_port(HOST)
-    config = {
-        "database": {"name": DB_NAME, "namespace": "bench", "labels": {"env": "bench"}},
-        "listen": {"address": HOST, "port": port},
-        "tls": {"certFile": str(cert), "keyFile": str(key)},
-        "upstream": {
-            "endpoint": f"localhost:{pg.port}",
-            "tls": {"mode": "verify-full", "caFile": str(ca.cert_file)},
-        },
-        "aws": {"region": "eu-west-1"},
-        "access": {"file": str(access.path("access.yaml"))},
-        # Only shutdown is shortened; everything on the data path keeps its default.
-        "limits": {"drainTimeout": "2s"},
-        "audit": {"queries": audit_queries},
-        "metrics": {"address": HOST, "port": metrics_port},
-    }
-    config_path = directory / "config.yaml"
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    env = _clean_env() | {
-        "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
-        "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
-        "AWS_DEFAULT_REGION": "eu-west-1",
-        "AWS_CONFIG_FILE": "/dev/null",
-        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    # The audit trail (stdout) goes to a file, as a pod's stdout goes to its log.
-    service = Service(
-        "rdsgate-proxy",
-        [*proxy_command(), "--config", str(config_path)],
-        env,
-        log_file=work / "rdsgate.log",
-        stdout_file=work / "rdsgate-audit.log",
-    )
-    stack.callback(service.stop)
-    url = f"http://{HOST}:{metrics_port}/readyz"
-    service.wait_until(f"ready ({url})", lambda: _http_ok(url), READY_TIMEOUT)
-    return Target("rdsgate", port, secret, service)
+    return Target("rdsgate", proxy.port, secret, proxy.service)
 
 
 def check_target(tools: Tools, target: Target) -> None:
@@ -612,23 +390,46 @@ def run_copy(tools: Tools, target: Target, megabytes: int) -> RunResult:
     return RunResult(mb_s, 0, cpu)
 
 
+#: Client counts whose rdsgate TPS `tps_audit` names (issue 13 asks for c=8 and c=32).
+AUDIT_CLIENTS = (8, 32)
+
+
 @dataclass
 class Results:
     targets: list[str]
     clients: list[int]
+    #: whether rdsgate audited every query (the default) or ran with audit.queries=false
+    audit_queries: bool = True
     tps: dict[str, dict[int, float]] = field(default_factory=dict)
     connect_rate: dict[str, float] = field(default_factory=dict)
     copy_mb_s: dict[str, float] = field(default_factory=dict)
     cpu: dict[str, dict[str, CpuUse]] = field(default_factory=dict)
     failed: Counter[str] = field(default_factory=Counter)
+    connect_latency: connect_latency.ConnectLatency | None = None
+    idle: idle_memory.IdleMemory | None = None
 
     def record(self, target: str, key: str, result: RunResult) -> None:
         if result.proxy_cpu is not None:
             self.cpu.setdefault(target, {})[key] = result.proxy_cpu
         self.failed[target] += result.failed
 
-    def as_json(self) -> dict[str, Any]:
+    def tps_audit(self) -> dict[int, float] | None:
+        """rdsgate's TPS with every query audited at c=8 and c=32, or at the client counts
+        measured when the run had neither; None with audit.queries=false."""
+        measured = self.tps.get("rdsgate")
+        if not self.audit_queries or not measured:
+            return None
+        named = {c: v for c, v in measured.items() if c in AUDIT_CLIENTS}
+        return named or dict(measured)
+
+    def cpu_us_per_connection(self) -> dict[str, float]:
+        """Proxy CPU (µs) per new connection, from the pgbench -C runs."""
         return {
+            t: by_key["connect"].us_per_txn for t, by_key in self.cpu.items() if "connect" in by_key
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
             "tps": {t: {str(c): round(v, 1) for c, v in self.tps[t].items()} for t in self.tps},
             "connect_rate": {t: round(v, 1) for t, v in self.connect_rate.items()},
             "copy_mb_s": {t: round(v, 1) for t, v in self.copy_mb_s.items()},
@@ -637,7 +438,18 @@ class Results:
                 t: {k: round(u.us_per_txn, 1) for k, u in by_key.items()}
                 for t, by_key in self.cpu.items()
             },
+            "cpu_us_per_connection": {
+                t: round(v, 1) for t, v in self.cpu_us_per_connection().items()
+            },
         }
+        audited = self.tps_audit()
+        if audited is not None:
+            out["tps_audit"] = {str(c): round(v, 1) for c, v in audited.items()}
+        if self.connect_latency is not None:
+            out["connect_latency_ms"] = self.connect_latency.as_json()
+        if self.idle is not None:
+            out |= self.idle.as_json()
+        return out
 
 
 # -- profiling --------------------------------------------------------------------------
@@ -973,6 +785,11 @@ def render(
     if sum(results.failed.values()):
         console.print(f"[yellow]failed transactions:[/] {dict(results.failed)}")
 
+    if results.connect_latency is not None:
+        render_connect_latency(console, results.connect_latency)
+    if results.idle is not None:
+        render_idle_memory(console, results.idle)
+
     facts = Table(title="machine", show_header=False)
     facts.add_column("what", style="bold")
     facts.add_column("value")
@@ -982,6 +799,59 @@ def render(
 
     if profile is not None:
         print_profile(console, profile)
+
+
+def render_connect_latency(console: Console, result: connect_latency.ConnectLatency) -> None:
+    first = next(iter(result.by_target.values()))
+    caption = [
+        f"{len(first.samples)} sequential connections per target, alternating; psycopg "
+        "(libpq), sslmode=verify-full; the RDS Proxy stand-in answers an IAM log-in "
+        f"{result.login_delay_ms:g} ms late",
+        "target (issue 13): rdsgate / direct at most 1.00x at p50 and 1.50x at p99",
+    ]
+    if result.warm is not None:
+        counts = ", ".join(f"{k} {v}" for k, v in result.warm.items())
+        caption.append(f"rdsgate warm upstream connections taken: {counts}")
+    table = Table(
+        title="connection latency: start of connect to the result of `select 1` (ms)",
+        caption="\n".join(caption),
+    )
+    table.add_column("target", style="bold")
+    stats = ("p50", "p99", "mean")
+    for stat in stats:
+        table.add_column(stat, justify="right")
+    for target, lat in result.by_target.items():
+        table.add_row(target, *(f"{getattr(lat, s):.1f}" for s in stats))
+    if len(result.by_target) == 2:
+        ratios = [result.ratio(s) for s in stats]
+        table.add_row(
+            f"{connect_latency.RDSGATE} / {connect_latency.DIRECT}",
+            *(f"{r:.2f}x" if r is not None else "-" for r in ratios),
+            style="cyan",
+        )
+    console.print(table)
+
+
+def render_idle_memory(console: Console, result: idle_memory.IdleMemory) -> None:
+    mib = idle_memory.MiB
+    table = Table(
+        title=f"rdsgate-proxy memory with {result.sessions:,} idle TLS sessions",
+        caption=(
+            "each session: TLS, password, an upstream TLS connection (pgbouncer, transaction "
+            f"mode) and one select 1, then idle; opened in {result.open_seconds:.1f} s; "
+            f"target (issue 13): {idle_memory.SESSIONS:,} sessions within "
+            f"{idle_memory.TARGET_MIB} MiB RSS"
+        ),
+        show_header=False,
+    )
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right")
+    table.add_row(
+        "RSS, no session open (after one came and went)", f"{result.rss_baseline / mib:.1f} MiB"
+    )
+    table.add_row(f"RSS, {result.sessions:,} sessions open", f"{result.rss_mib:.1f} MiB")
+    table.add_row("bytes per session", f"{result.bytes_per_session:,.0f}", style="cyan")
+    console.print(table)
 
 
 def print_profile(console: Console, profile: Profile, top_n: int = 20) -> None:
@@ -1044,12 +914,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="bench/run.py",
         description="pgbench -S through rdsgate-proxy, pgbouncer (session mode) and "
-        "PostgreSQL direct, all over TLS on loopback, measured in one interleaved run.",
+        "PostgreSQL direct, all over TLS on loopback, measured in one interleaved run; then "
+        "connection latency through rdsgate against logging in to the RDS Proxy stand-in "
+        "directly, and rdsgate's memory with idle sessions.",
     )
     p.add_argument("--targets", type=_target_list, default=list(TARGETS), help="default: all")
     p.add_argument("--clients", type=_int_list, default=list(DEFAULT_CLIENTS), help="1,8,32")
     p.add_argument("--duration", type=int, help="seconds per point (default 15, --quick 3)")
-    p.add_argument("--quick", action="store_true", help="short runs (3 s per point)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="short runs (3 s per point, 20 MB of COPY, 200 connections per target); "
+        "under 3 minutes on 2 cores",
+    )
     p.add_argument("--scale", type=int, default=10, help="pgbench -i scale (default 10)")
     p.add_argument(
         "--copy-mb",
@@ -1069,7 +946,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help=f"py-spy rdsgate-proxy during extra c={PROFILE_CLIENTS} runs (into bench/results/)",
     )
+    p.add_argument(
+        "--connections",
+        type=int,
+        help="sequential connections per target for the connection latency through rdsgate "
+        "and to the RDS Proxy stand-in directly (default 1000, --quick 200; 0 skips it)",
+    )
+    p.add_argument(
+        "--idle-sessions",
+        type=int,
+        default=idle_memory.SESSIONS,
+        help=f"idle sessions held open through one rdsgate-proxy to measure its RSS "
+        f"(default {idle_memory.SESSIONS}, the target's count; 0 skips it)",
+    )
     args = p.parse_args(argv)
+    if args.connections is None:
+        args.connections = 200 if args.quick else 1000
+    if args.connections < 0 or args.idle_sessions < 0:
+        p.error("--connections and --idle-sessions must not be negative")
+    if "rdsgate" not in args.targets:  # both measure rdsgate
+        args.connections = args.idle_sessions = 0
     if args.duration is None:
         args.duration = 3 if args.quick else 15
     if args.copy_mb is None:
@@ -1160,11 +1056,78 @@ def run_points(
         return profile
 
 
+@contextlib.contextmanager
+def _progress(say: Console, total: int) -> Iterator[Callable[[str, int], None]]:
+    """A transient progress bar; the callback sets its text and advances it."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=say, transient=True) as progress:
+        task = progress.add_task("", total=total)
+
+        def update(text: str, advance: int) -> None:
+            progress.update(task, description=text, advance=advance)
+
+        yield update
+
+
+def run_connect_latency(
+    args: argparse.Namespace,
+    work: Path,
+    ca: LabCA,
+    standin: connect_latency.StandIn,
+    secret: str,
+    say: Console,
+) -> connect_latency.ConnectLatency:
+    """rdsgate in front of the stand-in, sequential connections through it and to the
+    stand-in directly; stops that rdsgate and the stand-in afterwards."""
+    with contextlib.ExitStack() as stack, _progress(say, 2 * args.connections) as progress:
+        progress("starting rdsgate-proxy in front of the RDS Proxy stand-in", 0)
+        result = connect_latency.measure(
+            stack, work, ca, standin, secret, args.connections, progress
+        )
+    standin.service.stop()
+    for target, lat in result.by_target.items():
+        say.print(
+            f"  {target:<16} connect→select 1  p50 {lat.p50:6.1f} ms  p99 {lat.p99:6.1f} ms  "
+            f"mean {lat.mean:6.1f} ms ({len(lat.samples)} connections)",
+            highlight=False,
+        )
+    if result.warm is not None:
+        say.print(f"  rdsgate warm upstream connections: {result.warm}", highlight=False)
+    return result
+
+
+def run_idle_memory(
+    args: argparse.Namespace,
+    tools: Tools,
+    work: Path,
+    ca: LabCA,
+    pg: PostgresServer,
+    secret: str,
+    say: Console,
+) -> idle_memory.IdleMemory:
+    """pgbouncer (transaction mode) and an rdsgate in front of it, `--idle-sessions` idle
+    sessions through it; stops both afterwards."""
+    assert tools.pgbouncer is not None
+    with contextlib.ExitStack() as stack, _progress(say, args.idle_sessions) as progress:
+        progress("starting pgbouncer (transaction mode) and rdsgate-proxy in front of it", 0)
+        result = idle_memory.measure(
+            stack, tools.pgbouncer, work, ca, pg, secret, args.idle_sessions, progress
+        )
+    say.print(
+        f"  rdsgate-proxy RSS {result.rss_baseline / idle_memory.MiB:.1f} MiB idle, "
+        f"{result.rss_open / idle_memory.MiB:.1f} MiB with {result.sessions} sessions open "
+        f"({result.bytes_per_session:,.0f} bytes per session; opened in "
+        f"{result.open_seconds:.1f} s)",
+        highlight=False,
+    )
+    return result
+
+
 def measure(
     args: argparse.Namespace, tools: Tools, say: Console
 ) -> tuple[Results, dict[str, Any], Profile | None]:
     """Starts everything, runs the points, stops everything; returns what was measured."""
-    results = Results(list(args.targets), list(args.clients))
+    results = Results(list(args.targets), list(args.clients), audit_queries=args.audit_queries)
     load_before = _load()
     work = Path(tempfile.mkdtemp(prefix="rdsgate-bench-"))
     work.chmod(0o755)  # pgbouncer runs as postgres and must reach its own subdirectory
@@ -1176,9 +1139,20 @@ def measure(
             with say.status("Starting a throwaway PostgreSQL (TLS on, trust auth)"):
                 pg = start_postgres(stack, ca)
             say.print(f"[green]✓[/] PostgreSQL on {HOST}:{pg.port}")
+            standin = None
+            if args.connections:
+                # moto takes seconds to load: it does so while pgbench -i runs.
+                standin = connect_latency.StandIn(stack, work, ca, pg)
             with say.status(f"pgbench -i -s {args.scale} as user {DB_USER}"):
                 pgbench_init(tools, pg, args.scale)
             say.print(f"[green]✓[/] pgbench -i -s {args.scale} (database {DB_NAME})")
+            if standin is not None:
+                with say.status("Starting the RDS Proxy stand-in and moto"):
+                    info = standin.ready()
+                say.print(
+                    f"[green]✓[/] RDS Proxy stand-in on {info.endpoint} (IAM auth, "
+                    f"{info.login_delay * 1000:g} ms log-in delay)"
+                )
 
             targets: dict[str, Target] = {}
             if "direct" in args.targets:
@@ -1200,6 +1174,15 @@ def measure(
             say.print("[green]✓[/] every target answers over TLS on both legs")
 
             profile = run_points(args, tools, [targets[t] for t in args.targets], results, say)
+            if standin is not None:
+                say.print(
+                    f"[green]✓[/] pgbench done; connection latency, {args.connections} "
+                    "connections per target"
+                )
+                results.connect_latency = run_connect_latency(args, work, ca, standin, secret, say)
+            if args.idle_sessions:
+                say.print(f"[green]✓[/] memory with {args.idle_sessions} idle sessions")
+                results.idle = run_idle_memory(args, tools, work, ca, pg, secret, say)
             machine = machine_info(tools, pg)
             say.print("[green]✓[/] measured; stopping everything")
     finally:
@@ -1213,7 +1196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     say = Console(stderr=True)
     try:
-        tools = find_tools(args.targets, args.profile)
+        tools = find_tools(args.targets, args.profile, idle_sessions=args.idle_sessions > 0)
         with _signals_interrupt():
             results, machine, profile = measure(args, tools, say)
     except KeyboardInterrupt:

@@ -475,6 +475,11 @@ class RdsProxyStandIn(Service):
     `upstream_*` is the PostgreSQL it logs in to (verified with `upstream_ca_file`). Its own
     server certificate is issued by `ca` (the lab CA) for `localhost` and 127.0.0.1.
     Auth entries and secrets are re-read after `auth_cache_seconds`.
+
+    `login_delay` (seconds, default 0) holds back the answer to an accepted password for
+    that long before the database log-in and AuthenticationOk, standing in for what an IAM
+    log-in to RDS Proxy costs on AWS (a round trip, IAM authentication, the database
+    log-in). Refused passwords are answered at once; other sessions go on meanwhile.
     """
 
     def __init__(
@@ -492,7 +497,10 @@ class RdsProxyStandIn(Service):
         port: int = 0,
         auth_cache_seconds: float = 1.0,
         startup_timeout: float = 30.0,
+        login_delay: float = 0.0,
     ) -> None:
+        if login_delay < 0:
+            raise ValueError(f"login_delay must not be negative, got {login_delay}")
         self.aws = aws
         self.db_proxy_name = db_proxy.name if isinstance(db_proxy, DbProxy) else db_proxy
         self.upstream_host = upstream_host
@@ -504,6 +512,7 @@ class RdsProxyStandIn(Service):
         self.host = endpoint_host
         self.auth_cache_seconds = auth_cache_seconds
         self.startup_timeout = startup_timeout
+        self.login_delay = login_delay
         self.rejections: list[Rejection] = []
         self.sessions_total = 0
         self.resource_id = ""
@@ -749,6 +758,9 @@ class RdsProxyStandIn(Service):
             detail = f"no Auth entry of {self.db_proxy_name} has a secret for {user!r}"
             self._reject(who, "no-credentials", detail, "28P01", NO_CREDENTIALS.format(user=user))
 
+        if self.login_delay:
+            # What RDS Proxy's IAM log-in costs on AWS; not a synchronisation.
+            await asyncio.sleep(self.login_delay)
         params["user"] = login.username
         params["database"] = who.database
         return await self._upstream_login(writer, params, login, who)
