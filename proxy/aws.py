@@ -9,12 +9,12 @@ per process; tokens are cached per (host, port, user) until shortly before they 
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import botocore.session
+from botocore.awsrequest import prepare_request_dict
 from botocore.credentials import (
     AssumeRoleCredentialFetcher,
     CredentialProvider,
@@ -23,6 +23,8 @@ from botocore.credentials import (
     DeferredRefreshableCredentials,
 )
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.model import ServiceId
+from botocore.signers import RequestSigner
 
 from .config import AWS
 from .errors import CredentialsUnavailable
@@ -91,8 +93,11 @@ class _Cached:
 
 
 class TokenMinter:
-    """Mints RDS IAM auth tokens with one RDS client, caching each until it nears expiry.
+    """Mints RDS IAM auth tokens, caching each until it nears expiry.
 
+    Signed by botocore's own SigV4 request signer, exactly as
+    `RDS.Client.generate_db_auth_token` does, but without an RDS client: that loads the
+    whole RDS API model, about 15 MB of memory the proxy would hold for one presigned URL.
     `cached` is the cheap path for the event loop; `mint` may refresh credentials over the
     network (STS, IMDS), so the proxy calls it in a worker thread.
     """
@@ -100,19 +105,40 @@ class TokenMinter:
     def __init__(self, aws: AWS, session: botocore.session.Session | None = None) -> None:
         self._aws = aws
         self._session = session or make_session(aws)
-        self._client: Any = None
         self._cache: dict[tuple[str, int, str], _Cached] = {}
-        self._lock = threading.Lock()
 
     @property
     def session(self) -> botocore.session.Session:
         return self._session
 
-    def _rds(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                self._client = self._session.create_client("rds", region_name=self._aws.region)
-            return self._client
+    def _sign(self, credentials: Credentials, host: str, port: int, user: str) -> str:
+        """`generate_db_auth_token` of botocore.signers, for a signer of our own."""
+        signer = RequestSigner(
+            ServiceId("rds"),
+            self._aws.region,
+            "rds",
+            "v4",
+            credentials,
+            self._session.get_component("event_emitter"),
+        )
+        request: dict[str, Any] = {
+            "url_path": "/",
+            "query_string": "",
+            "headers": {},
+            "body": {"Action": "connect", "DBUser": user},
+            "method": "GET",
+        }
+        # The token is the presigned URL without its scheme, which only helps URL parsing.
+        scheme = "https://"
+        prepare_request_dict(request, f"{scheme}{host}:{port}")
+        url: str = signer.generate_presigned_url(
+            request,
+            operation_name="connect",
+            expires_in=int(TOKEN_LIFETIME),
+            region_name=self._aws.region,
+            signing_name="rds-db",
+        )
+        return url[len(scheme) :]
 
     def cached(self, host: str, port: int, user: str) -> str | None:
         entry = self._cache.get((host, port, user))
@@ -144,11 +170,9 @@ class TokenMinter:
         )
 
     def mint(self, host: str, port: int, user: str) -> str:
-        self.credentials()
+        credentials = self.credentials()
         try:
-            token: str = self._rds().generate_db_auth_token(
-                DBHostname=host, Port=port, DBUsername=user, Region=self._aws.region
-            )
+            token = self._sign(credentials, host, port, user)
         except (BotoCoreError, ClientError) as exc:
             raise CredentialsUnavailable(f"cannot sign an RDS IAM auth token: {exc}") from exc
         self._cache[(host, port, user)] = _Cached(token, time.monotonic())
