@@ -2,8 +2,8 @@
 
 Connecting to RDS Proxy with IAM costs a network round trip, IAM authentication and the
 log-in itself. For start-up parameters a client recently used (database user, database
-name, application_name and every other parameter, compared exactly) and that logged in
-successfully, the pool keeps a few connections already logged in, and the next client
+name, application_name and every other parameter, compared exactly) that logged in
+successfully at least twice, the pool keeps a few connections already logged in, and the next client
 session with those parameters takes one instead of waiting. Taking one starts a
 replacement in the background.
 
@@ -112,17 +112,23 @@ class WarmPool:
             del self._idle[key]
         self._metrics.warm_taken.labels("hit" if found else "miss").inc()
         if found is not None:
-            self.logged_in(params)
+            self._wanted[key] = self._clock()
+            self._refill(key, params)
         self._publish()
         return found
 
     def logged_in(self, params: dict[str, str]) -> None:
-        """A client session logged in upstream with these parameters: keep some warm."""
+        """A client session logged in upstream with these parameters: keep some warm once
+        they come back. A set seen once is only remembered, so clients that put something
+        unique in every connection's parameters (a pid in application_name) cost no spare
+        log-ins."""
         if not self.enabled:
             return
         key = key_of(params)
+        seen = key in self._wanted
         self._wanted[key] = self._clock()
-        self._refill(key, params)
+        if seen:
+            self._refill(key, params)
 
     def _refill(self, key: Key, params: dict[str, str]) -> None:
         failed = self._failed.get(key)

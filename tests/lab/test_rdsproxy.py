@@ -573,12 +573,14 @@ def test_large_results_copy_and_concurrent_sessions_pass_through(
             await asyncio.gather(*(s.close() for s in sessions))
         return size, out.getvalue(), pids
 
+    # Proxies of other test packages may hold warm upstream connections here meanwhile.
+    before = rds_proxy.active_sessions
     size, copied, pids = asyncio.run(run())
 
     assert size == 20_000_000
     assert hashlib.sha256(copied).digest() == hashlib.sha256(rows).digest()
     assert len(set(pids)) == 30
-    assert wait_for(lambda: rds_proxy.active_sessions == 0)
+    assert wait_for(lambda: rds_proxy.active_sessions <= before)
 
 
 @pytest.mark.slow

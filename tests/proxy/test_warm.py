@@ -50,11 +50,13 @@ def test_a_log_in_takes_a_warm_connection_and_each_serves_one_session(
     start_proxy: Start, pg: PostgresServer
 ) -> None:
     proxy = start_proxy()
-    with connect(proxy, application_name="warm-app") as first:
-        pids = {backend_pid(first)}
-        first.execute("set work_mem = '7MB'")
-        first.execute("create temp table mine (v int)")
-    assert (taken(proxy, "hit"), taken(proxy, "miss")) == (0, 1)
+    pids = set()
+    for _ in range(2):  # a set of parameters is kept warm once it comes back
+        with connect(proxy, application_name="warm-app") as first:
+            pids.add(backend_pid(first))
+            first.execute("set work_mem = '7MB'")
+            first.execute("create temp table mine (v int)")
+    assert (taken(proxy, "hit"), taken(proxy, "miss")) == (0, 2)
     wait_for(lambda: idle(proxy) == 2, "two warm connections")
 
     for _ in range(4):
@@ -76,15 +78,31 @@ def test_a_log_in_takes_a_warm_connection_and_each_serves_one_session(
     wait_for(gone, "the served sessions' backends to end")
 
 
+def test_parameters_seen_once_cost_no_spare_log_ins(start_proxy: Start) -> None:
+    """Clients that make every connection's parameters unique (a pid in application_name)
+    get no warm connections, and cost the upstream no log-ins beyond their own."""
+    proxy = start_proxy()
+    for n in range(5):
+        with connect(proxy, application_name=f"worker-{n}"):
+            pass
+    for _ in range(2):
+        with connect(proxy, application_name="steady"):
+            pass
+    wait_for(lambda: idle(proxy) == 2, "two warm connections for the repeated set")
+    # 7 client log-ins and the 2 warm ones for "steady": none for the unique sets.
+    assert proxy.metric("rdsgate_upstream_connect_seconds_count") == 9
+
+
 def test_only_the_same_start_up_parameters_take_a_warm_connection(start_proxy: Start) -> None:
     proxy = start_proxy()
-    with connect(proxy, application_name="billing"):
-        pass
+    for _ in range(2):
+        with connect(proxy, application_name="billing"):
+            pass
     wait_for(lambda: idle(proxy) == 2, "two warm connections")
     with connect(proxy, application_name="reports") as conn:
         row = conn.execute("select current_setting('application_name')").fetchone()
         assert row == ("reports",)
-    assert (taken(proxy, "hit"), taken(proxy, "miss")) == (0, 2)
+    assert (taken(proxy, "hit"), taken(proxy, "miss")) == (0, 3)
     with connect(proxy, application_name="billing") as conn:
         row = conn.execute("select current_setting('application_name')").fetchone()
         assert row == ("billing",)
@@ -95,11 +113,13 @@ def test_bounds_idle_timeout_and_a_dead_warm_connection(
     start_proxy: Start, pg: PostgresServer
 ) -> None:
     proxy = start_proxy({"upstream": {"warm": {"perKey": 3, "maxTotal": 2}}})
-    with connect(proxy, application_name="bounded"):
-        pass
+    for _ in range(2):
+        with connect(proxy, application_name="bounded"):
+            pass
     wait_for(lambda: idle(proxy) == 2, "two warm connections (maxTotal)")
-    with connect(proxy, application_name="other"):
-        pass
+    for _ in range(2):
+        with connect(proxy, application_name="other"):
+            pass
     assert idle(proxy) <= 2
 
     # A warm connection the server ended is not handed out.
@@ -114,8 +134,9 @@ def test_bounds_idle_timeout_and_a_dead_warm_connection(
     assert taken(proxy, "miss") == misses + 1
 
     short = start_proxy({"upstream": {"warm": {"idleTimeout": "300ms"}}})
-    with connect(short, application_name="short"):
-        pass
+    for _ in range(2):
+        with connect(short, application_name="short"):
+            pass
     wait_for(lambda: idle(short) == 2, "two warm connections")
     wait_for(lambda: idle(short) == 0, "warm connections closed after idleTimeout")
 
@@ -124,8 +145,9 @@ def test_an_access_change_empties_the_pool_and_per_key_zero_turns_it_off(
     start_proxy: Start,
 ) -> None:
     proxy = start_proxy()
-    with connect(proxy, application_name="reload"):
-        pass
+    for _ in range(2):
+        with connect(proxy, application_name="reload"):
+            pass
     wait_for(lambda: idle(proxy) == 2, "two warm connections")
     changed = dict(DEFAULT_ACCESS)
     changed["roles"] = [*DEFAULT_ACCESS["roles"], {"name": "spare", "allow": {}}]
