@@ -20,7 +20,8 @@ def test_a_minted_token_is_what_the_rds_client_generates(monkeypatch: pytest.Mon
     }.items():
         monkeypatch.setenv(name, value)
     minter = TokenMinter(AWS(region="eu-west-1"))
-    client = boto3.client("rds", region_name="eu-west-1")
+    # A session of its own: boto3's default one may hold credentials from earlier tests.
+    client = boto3.Session().client("rds", region_name="eu-west-1")
     args = ("orders.proxy-abc.eu-west-1.rds.amazonaws.com", 5432, "app_reader")
     # Both sign with the current second; a pair straddling a second boundary differs.
     for _ in range(5):
