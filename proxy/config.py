@@ -123,6 +123,9 @@ class Audit(Model):
     queries: bool = True
     #: Longer statements are cut to this many bytes and marked `truncated`.
     max_query_bytes: int = Field(8192, ge=64)
+    #: Audit lines waiting for a stdout nobody reads, at most; past it they are dropped
+    #: and counted (`audit.py`).
+    max_buffer_bytes: int = Field(16 << 20, ge=4096)
 
 
 class Metrics(Model):

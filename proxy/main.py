@@ -38,7 +38,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 async def serve_forever(config: ProxyConfig) -> None:
     metrics = Metrics()
     health = Health()
-    audit = AuditLog()
+    audit = AuditLog(
+        max_buffer_bytes=config.audit.max_buffer_bytes, on_drop=metrics.audit_dropped.inc
+    )
     minter = TokenMinter(config.aws, make_session(config.aws, f"rdsgate-{config.database.name}"))
     httpd = serve(config.metrics.address, config.metrics.port, metrics, health)
     server = Server(config, metrics=metrics, health=health, audit=audit, minter=minter)
@@ -55,6 +57,8 @@ async def serve_forever(config: ProxyConfig) -> None:
     log.info("shutting down")
     await server.drain()
     await server.stop()
+    if not await asyncio.to_thread(audit.close):
+        log.error("audit trail: stdout did not take the last lines within 5s")
     httpd.shutdown()
 
 

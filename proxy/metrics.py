@@ -63,6 +63,11 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.audit_dropped = Counter(
+            "rdsgate_audit_dropped_lines",
+            "Audit lines dropped because stdout was not read and the buffer was full",
+            registry=r,
+        )
         self.warm_taken = Counter(
             "rdsgate_upstream_warm",
             "Log-ins that took a warm upstream connection (hit) or had to open one (miss)",

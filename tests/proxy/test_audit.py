@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -123,3 +124,27 @@ def test_no_secret_in_stdout_stderr_or_metrics(
         assert secret not in everything
         assert secret not in metrics_text
         assert secret not in diagnosis
+
+
+@pytest.mark.timeout(60)  # a proxy that blocks on stdout would hang the queries
+def test_a_stdout_nobody_reads_drops_counted_lines_and_never_stalls_sessions(
+    start_proxy: Start,
+) -> None:
+    """A stalled log pipeline: stdout is a pipe nobody reads. Sessions go on, memory stays
+    bounded by audit.maxBufferBytes, and every dropped line is counted and reported."""
+    proxy = start_proxy({"audit": {"maxBufferBytes": 65536}}, read_audit=False)
+    filler = "x" * 4000
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        conn.execute("set statement_timeout = '5s'")
+        # Far more audit text than the pipe (64 KiB) and the buffer (64 KiB) hold.
+        for i in range(300):
+            assert conn.execute(f"select {i}, '{filler}'").fetchone() == (i, filler)
+    deadline = time.monotonic() + 10
+    while proxy.metric("rdsgate_audit_dropped_lines_total") == 0:
+        assert time.monotonic() < deadline, "no dropped lines counted"
+        time.sleep(0.02)
+    assert any("AUDIT LINES DROPPED" in line for line in proxy.logs), proxy.logs
+    # Still serving, and new sessions too.
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        assert conn.execute("select 'still here'").fetchone() == ("still here",)
+    assert proxy.http("/readyz")[0] == 200
