@@ -1,7 +1,7 @@
 """Prometheus metrics and the health endpoints, on their own port.
 
 `/healthz` answers while the process runs; `/readyz` only when the TLS material, the access
-file and AWS credentials have loaded (and not while draining); `/metrics` is
+file and AWS credentials have loaded and the listener accepts (and not while draining); `/metrics` is
 prometheus-client's exposition; `/diagnose` the latest start-up/periodic checks as JSON.
 The HTTP server is prometheus-client's WSGI server in a daemon thread, so scrapes never
 wait on the event loop.
@@ -105,6 +105,8 @@ class Health:
             "tls": "not loaded yet",
             "access": "not loaded yet",
             "aws": "not checked yet",
+            # Ready means a client can connect: not before the listener accepts.
+            "listener": "not listening yet",
         }
         self.draining = False
         self.diagnosis: list[dict[str, Any]] = []

@@ -381,6 +381,7 @@ class Server:
         sock.listen(1024)
         sock.setblocking(False)
         self._listener = sock
+        self.health.set("listener", None)
         for coro in (self._accept_loop(sock), self._sweeper(), self._watch_files()):
             self._tasks.append(asyncio.create_task(coro))
         self._tasks.append(asyncio.create_task(self._credentials_loop()))
