@@ -55,6 +55,7 @@ from .exitcodes import (
 )
 from .keypair import cache_dir, issued_by, key_pair
 from .kubeapi import custom_path
+from .kubeconfig import add_cluster_options
 from .progress import Backoff, Progress
 from .resources import (
     Session,
@@ -200,11 +201,7 @@ class _Parser(argparse.ArgumentParser):
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = _Parser(add_help=False)
-    group = common.add_argument_group("cluster (as kubectl)")
-    group.add_argument("--context", default=argparse.SUPPRESS, help="kubeconfig context")
-    group.add_argument(
-        "-n", "--namespace", default=argparse.SUPPRESS, help="namespace (default: the context's)"
-    )
+    add_cluster_options(common)
     formatter = argparse.RawDescriptionHelpFormatter
 
     p = sub.add_parser(

@@ -8,6 +8,7 @@ its own ApiClient: no global client configuration.
 
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -45,3 +46,12 @@ def connect(context: str | None = None, namespace: str | None = None) -> Cluster
         raise CliError(f"cannot load the kubeconfig ({path}): {exc}", exit_code=2) from exc
     ns = namespace or (active or {}).get("context", {}).get("namespace") or "default"
     return Cluster(api, ns, context or (active or {}).get("name"))
+
+
+def add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    """`--context` and `-n/--namespace`, as kubectl spells them, for every command group."""
+    group = parser.add_argument_group("cluster (as kubectl)")
+    group.add_argument("--context", default=argparse.SUPPRESS, help="kubeconfig context")
+    group.add_argument(
+        "-n", "--namespace", default=argparse.SUPPRESS, help="namespace (default: the context's)"
+    )

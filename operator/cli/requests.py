@@ -37,6 +37,7 @@ from .approval import (
 from .errors import CliError
 from .exitcodes import EXIT_DENIED, EXIT_ERROR, EXIT_NOT_FOUND, EXIT_USAGE
 from .kubeapi import custom_path, custom_path_all, status_message
+from .kubeconfig import add_cluster_options
 from .resources import name_of, open_session
 from .tokens import requested_by
 
@@ -62,11 +63,7 @@ def _reason(text: str) -> str:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    group = common.add_argument_group("cluster (as kubectl)")
-    group.add_argument("--context", default=argparse.SUPPRESS, help="kubeconfig context")
-    group.add_argument(
-        "-n", "--namespace", default=argparse.SUPPRESS, help="namespace (default: the context's)"
-    )
+    add_cluster_options(common)
     formatter = argparse.RawDescriptionHelpFormatter
 
     p = sub.add_parser(

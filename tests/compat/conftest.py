@@ -126,6 +126,19 @@ async def within(aw: Awaitable[T], seconds: float = OP_TIMEOUT) -> T:
     return await asyncio.wait_for(aw, seconds)
 
 
+#: A whole scenario against one target must finish within this many seconds.
+SCENARIO_TIMEOUT = 20.0
+
+
+def on_both_async(targets: Targets, scenario: Callable[[Target], Awaitable[T]]) -> dict[str, T]:
+    """Runs an async scenario against each target in turn, each under the watchdog."""
+
+    async def main() -> dict[str, T]:
+        return {t.name: await within(scenario(t), SCENARIO_TIMEOUT) for t in targets}
+
+    return asyncio.run(main())
+
+
 def poll(
     check: Callable[[], T | None], what: str, timeout: float = OP_TIMEOUT, every: float = 0.02
 ) -> T:

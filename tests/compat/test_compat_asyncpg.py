@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import pytest
 
-from tests.compat.conftest import Target, Targets, apoll, unique, within
+from tests.compat.conftest import Target, Targets, apoll, on_both_async, unique, within
 from tests.compat.data import (
     COPY_ROWS,
     EXPECTED_WIDE_DIGEST,
@@ -32,20 +31,11 @@ from tests.compat.data import (
 
 pytestmark = pytest.mark.timeout(60)
 
-R = TypeVar("R")
-SCENARIO_TIMEOUT = 20.0
 COPY_COLUMNS = ["id", "name", "data", "amount", "at", "tags"]
 COPY_TABLE = (
     "create temp table cr (id int4, name text, data bytea, amount numeric,"
     " at timestamptz, tags text[])"
 )
-
-
-def on_both(targets: Targets, scenario: Callable[[Target], Awaitable[R]]) -> dict[str, R]:
-    async def main() -> dict[str, R]:
-        return {t.name: await within(scenario(t), SCENARIO_TIMEOUT) for t in targets}
-
-    return asyncio.run(main())
 
 
 async def connect(t: Target, **kwargs: Any) -> Any:
@@ -87,7 +77,7 @@ def test_prepared_statements(targets: Targets) -> None:
         "inserted": (200, sum(range(200))),
         "on_server": [(True, ["integer", "text"])],
     }
-    assert on_both(targets, prepared) == {"proxy": expected, "direct": expected}
+    assert on_both_async(targets, prepared) == {"proxy": expected, "direct": expected}
 
 
 async def copy_records(t: Target) -> dict[str, Any]:
@@ -102,7 +92,7 @@ async def copy_records(t: Target) -> dict[str, Any]:
 
 
 def test_copy_records_to_table(targets: Targets) -> None:
-    got = on_both(targets, copy_records)
+    got = on_both_async(targets, copy_records)
     assert got["proxy"] == got["direct"]
     assert got["direct"]["status"] == f"COPY {len(COPY_ROWS)}"
     assert got["direct"]["rows_equal"], got["direct"]["first_rows"]
@@ -138,7 +128,7 @@ async def copy_out(t: Target, directory: Path) -> dict[str, Any]:
 
 
 def test_copy_from_query(targets: Targets, tmp_path: Path) -> None:
-    got = on_both(targets, lambda t: copy_out(t, tmp_path))
+    got = on_both_async(targets, lambda t: copy_out(t, tmp_path))
     quoted = '"a,""b"""'  # CSV quoting of a,"b"
     csv = "".join(
         f"{i},{md5(str(i))},{'' if i % 3 == 0 else quoted}\n" for i in range(1, 5001)
@@ -189,7 +179,7 @@ def test_listeners_and_the_pid_idiom(targets: Targets) -> None:
         "other_pid_differs": True,
         "listening_after_remove": 0,
     }
-    assert on_both(targets, listeners) == {"proxy": expected, "direct": expected}
+    assert on_both_async(targets, listeners) == {"proxy": expected, "direct": expected}
 
 
 async def terminate(t: Target) -> dict[str, Any]:
@@ -222,7 +212,7 @@ async def terminate(t: Target) -> dict[str, Any]:
 def test_terminate_ends_the_server_session(targets: Targets) -> None:
     """`terminate()` closes the socket without a Terminate: the server session must end."""
     expected = {"listed_once": 1, "closed": True, "listed_pid_is_server_pid": True}
-    assert on_both(targets, terminate) == {"proxy": expected, "direct": expected}
+    assert on_both_async(targets, terminate) == {"proxy": expected, "direct": expected}
 
 
 async def large_results(t: Target) -> dict[str, Any]:
@@ -260,4 +250,4 @@ def test_large_results(targets: Targets) -> None:
         "wide_digest": EXPECTED_WIDE_DIGEST,
         "streamed_digest": EXPECTED_WIDE_DIGEST,
     }
-    assert on_both(targets, large_results) == {"proxy": expected, "direct": expected}
+    assert on_both_async(targets, large_results) == {"proxy": expected, "direct": expected}

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 
-from tests.compat.conftest import Target, Targets, apoll, unique, within
+from tests.compat.conftest import Target, Targets, apoll, on_both_async, unique, within
 from tests.compat.data import (
     COPY_ROWS,
     COPY_TYPES,
@@ -32,18 +31,6 @@ from tests.compat.data import (
 )
 
 pytestmark = pytest.mark.timeout(60)
-
-R = TypeVar("R")
-
-#: A whole scenario against one target must finish within this many seconds.
-SCENARIO_TIMEOUT = 20.0
-
-
-def on_both(targets: Targets, scenario: Callable[[Target], Awaitable[R]]) -> dict[str, R]:
-    async def main() -> dict[str, R]:
-        return {t.name: await within(scenario(t), SCENARIO_TIMEOUT) for t in targets}
-
-    return asyncio.run(main())
 
 
 async def connect(t: Target, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
@@ -82,7 +69,7 @@ def test_async_pipeline_mode(targets: Targets) -> None:
         "after": (100, 100),
         "status": "IDLE",
     }
-    assert on_both(targets, pipeline) == {"proxy": expected, "direct": expected}
+    assert on_both_async(targets, pipeline) == {"proxy": expected, "direct": expected}
 
 
 async def binary_copy(t: Target) -> dict[str, Any]:
@@ -114,7 +101,7 @@ async def binary_copy(t: Target) -> dict[str, Any]:
 
 
 def test_async_binary_copy_in_and_out(targets: Targets) -> None:
-    got = on_both(targets, binary_copy)
+    got = on_both_async(targets, binary_copy)
     assert got["proxy"] == got["direct"]
     assert got["direct"]["copied_in"] == len(COPY_ROWS)
     assert got["direct"]["rows_equal"], got["direct"]["first_rows"]
@@ -145,7 +132,7 @@ def test_async_server_side_cursors(targets: Targets) -> None:
         "rest": rows[11:],
         "after_commit": [(i,) for i in range(1, 6)],
     }
-    assert on_both(targets, named_cursors) == {"proxy": expected, "direct": expected}
+    assert on_both_async(targets, named_cursors) == {"proxy": expected, "direct": expected}
 
 
 async def prepared(t: Target) -> dict[str, Any]:
@@ -167,7 +154,7 @@ def test_async_prepared_statements_past_the_threshold(targets: Targets) -> None:
         "results": [(Decimal(i) / 2,) for i in range(8)],
         "statements": [("_pg3_0", "select $1::numeric * 2")],
     }
-    assert on_both(targets, prepared) == {"proxy": expected, "direct": expected}
+    assert on_both_async(targets, prepared) == {"proxy": expected, "direct": expected}
 
 
 async def listen_notify(t: Target) -> dict[str, Any]:
@@ -199,7 +186,7 @@ def test_async_listen_notify_and_the_pid_idiom(targets: Targets) -> None:
         "other_pid_is_sender": True,
         "other_pid_differs": True,
     }
-    assert on_both(targets, listen_notify) == {"proxy": expected, "direct": expected}
+    assert on_both_async(targets, listen_notify) == {"proxy": expected, "direct": expected}
 
 
 async def terminate_backend(t: Target) -> dict[str, Any]:
@@ -229,7 +216,7 @@ async def terminate_backend(t: Target) -> dict[str, Any]:
 
 def test_async_pg_terminate_backend_of_backend_pid(targets: Targets) -> None:
     expected = {"terminated": (True,), "error": ("AdminShutdown", "57P01"), "closed": True}
-    assert on_both(targets, terminate_backend) == {"proxy": expected, "direct": expected}
+    assert on_both_async(targets, terminate_backend) == {"proxy": expected, "direct": expected}
 
 
 async def cancel_sleep(t: Target) -> dict[str, Any]:
@@ -266,7 +253,7 @@ async def cancel_sleep(t: Target) -> dict[str, Any]:
 
 def test_async_cancel_safe_stops_a_long_query(targets: Targets) -> None:
     expected = {"error": ("QueryCanceled", "57014"), "quick": True, "usable": ("still usable",)}
-    assert on_both(targets, cancel_sleep) == {"proxy": expected, "direct": expected}
+    assert on_both_async(targets, cancel_sleep) == {"proxy": expected, "direct": expected}
 
 
 async def large_rows(t: Target) -> dict[str, Any]:
@@ -302,4 +289,4 @@ def test_async_large_rows_arrive_byte_for_byte(targets: Targets) -> None:
         "wide_count": WIDE_ROWS,
         "wide_digest": EXPECTED_WIDE_DIGEST,
     }
-    assert on_both(targets, large_rows) == {"proxy": expected, "direct": expected}
+    assert on_both_async(targets, large_rows) == {"proxy": expected, "direct": expected}
