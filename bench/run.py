@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.metadata
 import json
 import os
@@ -87,7 +88,7 @@ if __package__ in (None, ""):
     # Appended, so that no directory of the repository shadows a module of the same name.
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 
-from bench import connect_latency, idle_memory, rig
+from bench import connect_latency, idle_memory, native_profile, rig
 from bench.rig import (
     DB_NAME,
     DB_USER,
@@ -127,6 +128,7 @@ class Tools:
     psql: Path
     pgbouncer: Path | None
     pyspy: Path | None
+    perf: Path | None = None
 
 
 def find_tools(targets: Sequence[str], profile: bool, *, idle_sessions: bool = False) -> Tools:
@@ -407,6 +409,7 @@ class Results:
     failed: Counter[str] = field(default_factory=Counter)
     connect_latency: connect_latency.ConnectLatency | None = None
     idle: idle_memory.IdleMemory | None = None
+    native: list[native_profile.LayerProfile] = field(default_factory=list)
 
     def record(self, target: str, key: str, result: RunResult) -> None:
         if result.proxy_cpu is not None:
@@ -449,6 +452,15 @@ class Results:
             out["connect_latency_ms"] = self.connect_latency.as_json()
         if self.idle is not None:
             out |= self.idle.as_json()
+        if self.native:
+            # µs of rdsgate-proxy CPU per transaction (per connection for -C) by layer
+            out["native_profile"] = {
+                p.label: {
+                    "us_per_unit": round(p.us_per_unit, 1),
+                    "layers": {k: round(p.us(k), 1) for k in native_profile.layers_in_order([p])},
+                }
+                for p in self.native
+            }
         return out
 
 
@@ -797,8 +809,31 @@ def render(
         facts.add_row(k, str(v))
     console.print(facts)
 
+    if results.native:
+        render_native(console, results.native)
     if profile is not None:
         print_profile(console, profile)
+
+
+def render_native(console: Console, profiles: Sequence[native_profile.LayerProfile]) -> None:
+    table = Table(
+        title="rdsgate-proxy CPU by library (perf record -e cpu-clock, --perf)",
+        caption="µs of proxy CPU per transaction (per new connection for -C), split by the "
+        "share of perf samples in each shared object",
+    )
+    table.add_column("layer", style="bold")
+    for p in profiles:
+        table.add_column(f"{p.label} µs", justify="right")
+        table.add_column("share", justify="right")
+    for layer in native_profile.layers_in_order(profiles):
+        cells: list[str] = []
+        for p in profiles:
+            cells += [f"{p.us(layer):,.1f}", f"{p.shares.get(layer, 0.0):.0%}"]
+        table.add_row(layer, *cells)
+    table.add_row(
+        "total", *[c for p in profiles for c in (f"{p.us_per_unit:,.1f}", "")], style="cyan"
+    )
+    console.print(table)
 
 
 def render_connect_latency(console: Console, result: connect_latency.ConnectLatency) -> None:
@@ -947,6 +982,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"py-spy rdsgate-proxy during extra c={PROFILE_CLIENTS} runs (into bench/results/)",
     )
     p.add_argument(
+        "--perf",
+        action="store_true",
+        help="perf-record rdsgate-proxy during extra c=8, c=32 and -C runs and split its CPU "
+        "by library (kernel, interpreter, OpenSSL, uvloop; needs Debian's linux-perf)",
+    )
+    p.add_argument(
         "--connections",
         type=int,
         help="sequential connections per target for the connection latency through rdsgate "
@@ -976,8 +1017,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--duration must be at least 1 second")
     if args.scale < 1:
         p.error("--scale must be at least 1")
-    if args.profile and "rdsgate" not in args.targets:
-        p.error("--profile profiles rdsgate: include it in --targets")
+    if (args.profile or args.perf) and "rdsgate" not in args.targets:
+        p.error("--profile and --perf profile rdsgate: include it in --targets")
     return args
 
 
@@ -1013,7 +1054,8 @@ def run_points(
     rate, then (with --profile) the py-spy runs; fills `results` as it goes."""
     warmup = min(2, args.duration)
     warm_c = min(8, max(args.clients))
-    runs = len(order) * (len(args.clients) + 3) + (2 if args.profile else 0)
+    perf_runs = NATIVE_RUNS if tools.perf is not None else ()
+    runs = len(order) * (len(args.clients) + 3) + (2 if args.profile else 0) + len(perf_runs)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, TimeElapsedColumn(), console=say, transient=True) as progress:
         task = progress.add_task("measuring", total=runs)
@@ -1048,12 +1090,49 @@ def run_points(
             results.copy_mb_s[target.name] = result.tps
             results.record(target.name, "copy", result)
             done(f"  {target.name:<9} COPY   {result.tps:>10,.0f} MB/s")
+        if perf_runs:
+            rdsgate = next(t for t in order if t.name == "rdsgate")
+            for label, clients, connect in perf_runs:
+                step(f"perf record rdsgate-proxy during {label}")
+                results.native.append(native_run(tools, rdsgate, label, clients, connect, args))
+                done(f"  perf profile of rdsgate {label} done")
         if not args.profile:
             return None
         rdsgate = next(t for t in order if t.name == "rdsgate")
         profile = profile_rdsgate(tools, rdsgate, args.duration, step)
         progress.advance(task, 2)
         return profile
+
+
+#: (label, clients, -C) of the runs profiled with `--perf`
+NATIVE_RUNS = (("c=8", 8, False), ("c=32", 32, False), (f"-C c={CONNECT_CLIENTS}", 8, True))
+
+
+def native_run(
+    tools: Tools, target: Target, label: str, clients: int, connect: bool, args: argparse.Namespace
+) -> native_profile.LayerProfile:
+    """One extra pgbench run with perf sampling the proxy for all but its last second."""
+    assert tools.perf is not None and target.pid is not None
+    RESULTS_DIR.mkdir(exist_ok=True)
+    out = RESULTS_DIR / f"perf-rdsgate-{label.replace(' ', '').replace('=', '')}.data"
+    seconds = max(1, args.duration - 1)
+    recorders: list[subprocess.Popen[bytes]] = []
+    perf = tools.perf
+    pid = target.pid
+    result = run_pgbench(
+        tools,
+        target,
+        clients,
+        args.duration,
+        connect=connect,
+        during=lambda: recorders.append(native_profile.record(perf, pid, seconds, out)),
+    )
+    for recorder in recorders:
+        _, err = recorder.communicate(timeout=60)
+        if recorder.returncode:
+            raise BenchError(f"perf record failed: {err.decode(errors='replace')[-500:]}")
+    us = result.proxy_cpu.us_per_txn if result.proxy_cpu else 0.0
+    return native_profile.analyse(perf, out, label, us)
 
 
 @contextlib.contextmanager
@@ -1197,12 +1276,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     say = Console(stderr=True)
     try:
         tools = find_tools(args.targets, args.profile, idle_sessions=args.idle_sessions > 0)
+        if args.perf:
+            tools = dataclasses.replace(tools, perf=native_profile.find_perf())
         with _signals_interrupt():
             results, machine, profile = measure(args, tools, say)
     except KeyboardInterrupt:
         say.print("[yellow]interrupted[/]: everything the benchmark started was stopped")
         return 130
-    except (BenchError, PostgresNotInstalled, PostgresError) as exc:
+    except (BenchError, PostgresNotInstalled, PostgresError, native_profile.PerfUnavailable) as exc:
         say.print(f"[red]error:[/] {exc}", highlight=False)
         return 1
     if args.json:
