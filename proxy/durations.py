@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+import sys
 from typing import Annotated
 
 from pydantic import BeforeValidator, PlainSerializer
@@ -27,6 +29,9 @@ def parse_duration(text: str) -> float:
             f"invalid duration {text!r}: use a number with a unit, like 500ms, 30s, 15m, 12h, "
             "1h30m or 7d"
         )
+    if not math.isfinite(total):
+        # "999…9s" parses to infinity, which no timer accepts.
+        raise ValueError(f"invalid duration {text[:40]!r}: too long")
     return total
 
 
@@ -50,6 +55,9 @@ def _validate(value: object) -> float:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("a duration cannot be negative")
+        if not value <= sys.float_info.max:
+            # NaN, infinity (YAML .nan, .inf) or an integer past float: timers refuse them.
+            raise ValueError("a duration must be a finite number of seconds")
         return float(value)
     if isinstance(value, str):
         return parse_duration(value)
