@@ -740,7 +740,10 @@ def bundle_yaml(bundle: AccessFile) -> str:
                 grant.pop(key, None)
     if not doc["revoked"]:
         del doc["revoked"]
-    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=False)
+    # libyaml's dumper writes the same text ~5x faster: a namespace compile renders one
+    # bundle per Database, each with every grant that reaches it.
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    return yaml.dump(doc, Dumper=dumper, sort_keys=False, default_flow_style=False)
 
 
 # Status

@@ -43,8 +43,9 @@ from urllib.parse import urlsplit
 import kopf
 import yaml
 
-from rdsgate.proxy.access import RoleOptions, secret_digest, utcnow
+from rdsgate.proxy.access import RoleOptions, access_bytes, secret_digest, utcnow
 from rdsgate.proxy.auth import client_certificate_uri
+from rdsgate.proxy.errors import ConfigError
 
 from . import access, admission, diagnosis, pki, render, webhooks
 from .authz import BindChecker
@@ -155,6 +156,13 @@ class SyncOutcome:
 
     database_problems: dict[str, list[Problem]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    #: Databases whose AccessBundleTooLarge condition must change: the bundle's problem (or
+    #: None: it was written), its size in bytes and its number of grants.
+    bundle_reports: dict[str, tuple[render.AccessBundleTooLarge | None, int, int]] = field(
+        default_factory=dict
+    )
+    #: Which compile of its namespace this was (a later one's reports supersede these).
+    compile: int = 0
 
     def raise_errors(self) -> None:
         if self.errors:
@@ -188,6 +196,8 @@ class Reconciler:
 
     #: Namespaces whose next compile is to ask every requester's `bind` afresh.
     _fresh_wanted: set[str] = field(default_factory=set)
+    #: namespace → how many compiles of it have run.
+    _compiles: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.binds = BindChecker(self.kube)
@@ -509,9 +519,36 @@ class Reconciler:
 
         Raises Retry, after writing all it could, when the API refused something.
         """
+        self._compile_and_report(namespace)
+
+    def _compile_and_report(self, namespace: str) -> None:
+        """A coalesced compile, then the access bundle conditions it calls for, each under
+        its Database's lock (never taken while holding the namespace's: a Database's
+        reconcile holds its own lock when it compiles)."""
+        outcomes: list[SyncOutcome] = []
         self._coalesced(
-            ("ns", namespace), lambda: self._sync_access_locked(namespace).raise_errors()
+            ("ns", namespace), lambda: outcomes.append(self._sync_access_locked(namespace))
         )
+        for outcome in outcomes:
+            self._report_bundles(namespace, outcome)
+            outcome.raise_errors()
+
+    def _report_bundles(self, namespace: str, outcome: SyncOutcome) -> None:
+        """Set the AccessBundleTooLarge condition (and its Event) where it changes."""
+        for name, (too_large, size, grants) in sorted(outcome.bundle_reports.items()):
+            with self._lock("db", namespace, name):
+                with self._guard:
+                    if self._compiles.get(namespace) != outcome.compile:
+                        return  # a later compile wrote other bundles, and reports on them
+                try:
+                    obj = self.kube.get(DATABASE, namespace, name)
+                    if obj is None or meta_of(obj).get("deletionTimestamp"):
+                        continue
+                    wanted = render.access_bundle_condition(obj, too_large, size, grants)
+                    if wanted is not None:
+                        self._set_status(obj, {}, [wanted], observe=False)
+                except KubeError as exc:
+                    outcome.errors.append(str(exc))
 
     def resync_access(self, namespace: str, max_age: float) -> None:
         """`sync_access`, unless the namespace was compiled within `max_age` seconds: every
@@ -531,9 +568,7 @@ class Reconciler:
             if last is not None and time.monotonic() - last < max_age:
                 return
             self._fresh_wanted.add(namespace)
-        self._coalesced(
-            ("ns", namespace), lambda: self._sync_access_locked(namespace).raise_errors()
-        )
+        self._compile_and_report(namespace)
 
     def _sync_access(self, namespace: str) -> SyncOutcome:
         with self._lock("ns", namespace):
@@ -547,10 +582,10 @@ class Reconciler:
             render.LABEL_MANAGED_BY: render.MANAGED_BY,
         }
         for secret in self.kube.list(SECRET, namespace, selector):
-            text = secret_bytes(secret, render.ACCESS_KEY)
             try:
-                doc = yaml.safe_load(text or b"") or {}
-            except yaml.YAMLError:
+                text = access_bytes(secret_bytes(secret, render.ACCESS_KEY) or b"")
+                doc = yaml.safe_load(text) or {}
+            except (ConfigError, yaml.YAMLError):
                 continue
             for grant in doc.get("grants") or [] if isinstance(doc, dict) else []:
                 if isinstance(grant, dict) and grant.get("identity"):
@@ -636,7 +671,9 @@ class Reconciler:
         databases = self.kube.list(DATABASE, namespace)
         roles = self.kube.list(ROLE, namespace)
         tokens = self.kube.list(TOKEN, namespace)
-        outcome = SyncOutcome()
+        with self._guard:
+            self._compiles[namespace] = self._compiles.get(namespace, 0) + 1
+            outcome = SyncOutcome(compile=self._compiles[namespace])
 
         requesters = self._requester_checks(tokens, namespace, now, fresh, outcome)
         credentials: dict[str, access.Credential] = {}
@@ -685,10 +722,28 @@ class Reconciler:
             db = render.Database(obj)
             bundle = compiled.bundles[db.name]
             problems = outcome.database_problems.setdefault(db.name, [])
+            grants = len(bundle.grants)
             try:
-                self._apply_owned(
-                    render.access_secret(db, access.bundle_yaml(bundle)), obj, problems
+                data = render.access_file_bytes(access.bundle_yaml(bundle), grants)
+            except render.AccessBundleTooLarge as exc:
+                # Writing it would only earn a 422: the previous bundle stays in force.
+                log.warning(
+                    "access Secret %s/%s not written (%d bytes for %d grants, limit %d): %s",
+                    namespace,
+                    db.access_secret_name,
+                    exc.size,
+                    exc.grants,
+                    exc.limit,
+                    exc.message,
                 )
+                problems.append(exc)
+                if render.access_bundle_condition(obj, exc, exc.size, grants) is not None:
+                    outcome.bundle_reports[db.name] = (exc, exc.size, grants)
+                continue
+            if render.access_bundle_condition(obj, None, len(data), grants) is not None:
+                outcome.bundle_reports[db.name] = (None, len(data), grants)
+            try:
+                self._apply_owned(render.access_secret(db, data), obj, problems)
                 self.kube.patch_status(
                     obj, {"roles": len(bundle.roles), "grants": len(bundle.grants)}
                 )
@@ -1116,7 +1171,12 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
         """Sleeps until the Token expires, then takes its grant out of every bundle."""
         while not stopped:
             reconciler = runtime.get()
-            token = await asyncio.to_thread(reconciler.kube.get, TOKEN, _ns(namespace), name)
+            try:
+                token = await asyncio.to_thread(reconciler.kube.get, TOKEN, _ns(namespace), name)
+            except KubeError as exc:
+                # The API is down at expiry: try again in RETRY_DELAY, not after kopf's 60 s
+                # (and traceback) for an unexpected error. The proxies enforce expiresAt.
+                raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from None
             if token is None:
                 return
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -28,7 +29,7 @@ from rdsgate.proxy.config import ProxyConfig
 from . import pki
 from .ca import b64, is_current
 from .objects import labels_of, meta_of, spec_of, spec_problems
-from .status import Condition, InvalidSpec, Problem
+from .status import Condition, InvalidSpec, Problem, find
 
 API_VERSION = "rdsgate.dev/v1alpha1"
 MANAGED_BY = "rdsgate-operator"
@@ -425,14 +426,101 @@ def certificate(db: Database, names: list[str]) -> dict[str, Any]:
 # Access
 
 
-def access_secret(db: Database, bundle_text: str) -> dict[str, Any]:
+#: The most a Secret's `data` may hold, its values' bytes summed (kube-apiserver's
+#: MaxSecretSize): a larger one is refused with 422 Invalid, "data: Too long".
+SECRET_DATA_LIMIT = 1024 * 1024
+#: Access files longer than this are written gzip-compressed (proxies read both forms):
+#: SHA-256 digests and repeated names shrink about 5x, so ~20,000 grants fit, not ~4,500.
+COMPRESS_ABOVE = 256 * 1024
+
+
+class AccessBundleTooLarge(Problem):
+    """The access bundle does not fit in a Secret: the previous one stays in force."""
+
+    reason = "AccessBundleTooLarge"
+
+    def __init__(self, size: int, text_size: int, grants: int, limit: int) -> None:
+        form = f"gzip-compressed from {text_size} bytes of YAML" if size != text_size else "YAML"
+        super().__init__(
+            f"the access bundle is {size} bytes ({form}) for {grants} grants, over the "
+            f"{limit}-byte limit of a Secret, so it was not written and the proxies keep the "
+            "previous one: grants added since are not in force and grants removed since are "
+            "still in force. Let fewer grants reach this Database (narrow the Roles' "
+            "spec.allow.databases, or split the Tokens across namespaces)"
+        )
+        self.size, self.text_size, self.grants, self.limit = size, text_size, grants, limit
+
+
+def access_file_bytes(text: str, grants: int, limit: int = SECRET_DATA_LIMIT) -> bytes:
+    """The access Secret's `access.yaml`: the text, gzip-compressed when long (deterministic:
+    no timestamp or name in the header, so an unchanged bundle is an unchanged Secret).
+
+    Raises AccessBundleTooLarge when it would not fit in a Secret."""
+    raw = text.encode()
+    data = raw
+    if len(raw) > COMPRESS_ABOVE:
+        deflate = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        data = deflate.compress(raw) + deflate.flush()
+    if len(data) > limit:
+        raise AccessBundleTooLarge(len(data), len(raw), grants, limit)
+    return data
+
+
+def access_secret(db: Database, bundle: str | bytes, grants: int = 0) -> dict[str, Any]:
+    """The Database's access Secret from the bundle's text (encoded by access_file_bytes,
+    which may raise AccessBundleTooLarge) or from bytes it already returned."""
+    data = bundle if isinstance(bundle, bytes) else access_file_bytes(bundle, grants)
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": _child_meta(db, db.access_secret_name, "access"),
         "type": "Opaque",
-        "data": {ACCESS_KEY: b64(bundle_text)},
+        "data": {ACCESS_KEY: b64(data)},
     }
+
+
+#: The Database condition that says its access bundle does not fit in a Secret. Like a
+#: Node's MemoryPressure it is True while the problem lasts; a Database whose bundles always
+#: fit never carries it.
+ACCESS_BUNDLE_CONDITION = "AccessBundleTooLarge"
+
+
+def access_bundle_condition(
+    db_obj: Mapping[str, Any], too_large: AccessBundleTooLarge | None, size: int, grants: int
+) -> Condition | None:
+    """The AccessBundleTooLarge condition the Database must now carry, or None when what it
+    carries already says so: True while the bundle does not fit (a Warning Event), False
+    once one fits again (`size` bytes for `grants` grants were written)."""
+    status = db_obj.get("status")
+    current = find(
+        (status if isinstance(status, Mapping) else {}).get("conditions"), ACCESS_BUNDLE_CONDITION
+    )
+    if too_large is not None:
+        wanted = Condition(
+            ACCESS_BUNDLE_CONDITION,
+            "True",
+            "OverSecretLimit",
+            too_large.message,
+            event="Warning",
+            event_reason=AccessBundleTooLarge.reason,
+        )
+    elif current is None or current.get("status") == "False":
+        return None
+    else:
+        wanted = Condition(
+            ACCESS_BUNDLE_CONDITION,
+            "False",
+            "WithinLimit",
+            f"the access bundle fits again: {size} bytes of {SECRET_DATA_LIMIT} for {grants} "
+            "grants, written",
+            event="Normal",
+            event_reason="AccessBundleWritten",
+        )
+    if current is not None and all(
+        current.get(k) == getattr(wanted, k) for k in ("status", "reason", "message")
+    ):
+        return None
+    return wanted
 
 
 #: The namespace-wide ConfigMap of the operator's CA (key `ca.crt`): apps and people verify

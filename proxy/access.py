@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -311,10 +312,36 @@ def parse_access(data: Any, source: str = "access file") -> AccessPolicy:
     return AccessPolicy.build(file)
 
 
+#: The first bytes of a gzip stream (RFC 1952). No YAML or JSON text starts with them, so an
+#: access file that does is read as gzip-compressed (the operator compresses large ones).
+GZIP_MAGIC = b"\x1f\x8b"
+#: The most a compressed access file may inflate to (about 250,000 grants): a bound on memory.
+MAX_ACCESS_BYTES = 64 * 1024 * 1024
+
+
+def access_bytes(raw: bytes, source: str = "access file") -> bytes:
+    """The access file's text: `raw` itself, or inflated when it is gzip-compressed."""
+    if not raw.startswith(GZIP_MAGIC):
+        return raw
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        text = inflater.decompress(raw, MAX_ACCESS_BYTES + 1)
+    except zlib.error as exc:
+        raise ConfigError(source, [f"gzip-compressed, but not a valid gzip stream: {exc}"]) from exc
+    if len(text) > MAX_ACCESS_BYTES:
+        raise ConfigError(
+            source, [f"inflates to more than {MAX_ACCESS_BYTES} bytes; refusing to load it"]
+        )
+    if not inflater.eof:
+        raise ConfigError(source, ["gzip-compressed, but the stream is truncated"])
+    return text
+
+
 def load_access(path: Path) -> AccessPolicy:
-    """Reads and validates an access file (YAML or JSON)."""
+    """Reads and validates an access file (YAML or JSON, plain or gzip-compressed)."""
     raw = read_file(path)
-    policy = parse_access(parse_yaml(raw, str(path)), str(path))
+    text = access_bytes(raw, str(path))
+    policy = parse_access(parse_yaml(text, str(path)), str(path))
     return AccessPolicy.build(policy.file, hashlib.sha256(raw).hexdigest()[:12])
 
 
