@@ -10,13 +10,16 @@ outlives the process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
 import tempfile
+import time
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -196,6 +199,34 @@ class PostgresServer(Service):
             except PostgresError:
                 self._run([*self._pg_ctl_cmd(), "-m", "immediate", "-w", "stop"], check=False)
         self._cleanup_dir()
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster and every backend at once, as when the instance dies: no
+        process says goodbye to its clients. `restart()` brings it back on the same port."""
+        postmaster = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signal.SIGSTOP)
+        pids = [postmaster, *_children(postmaster)]
+        # Stopped first, so no backend notices another's death and says goodbye.
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in pids):
+            if time.monotonic() > deadline:
+                raise PostgresError(f"PostgreSQL processes {pids} outlived SIGKILL")
+            time.sleep(0.01)
+        # A dead postmaster may linger as a zombie until init reaps it, and a new one would
+        # take its lock files for a running server's.
+        for lock in (
+            self.data_dir / "postmaster.pid",
+            self.socket_dir / f".s.PGSQL.{self.port}.lock",
+        ):
+            lock.unlink(missing_ok=True)
+
+    def restart(self) -> None:
+        """Start again on the same port after `kill()`: crash recovery replays the WAL."""
+        self._run([*self._pg_ctl_cmd(), "-w", "-t", "60", "start"])
 
     @property
     def running(self) -> bool:
@@ -430,6 +461,28 @@ def _chown_tree(path: Path, user: str) -> None:
     for dirpath, dirnames, filenames in os.walk(path):
         for name in dirnames + filenames:
             shutil.chown(os.path.join(dirpath, name), user)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (a postmaster's backends and workers)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def _stop_quietly(pg_ctl: list[str], cwd: Path, root: Path) -> None:

@@ -681,9 +681,14 @@ class RdsProxyStandIn(Service):
         except Exception:
             log.exception("session from %s failed", who.client)
         finally:
-            if upstream is not None:
-                await _close(upstream[1])
+            # The client first, so it hears at once that its session ended; when stopping,
+            # the database gets no goodbye to wait for (a backend in pg_sleep reads nothing).
             await _close(writer)
+            if upstream is not None:
+                if self._stop_event is not None and self._stop_event.is_set():
+                    upstream[1].transport.abort()
+                else:
+                    await _close(upstream[1])
 
     async def _login(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, who: _Who

@@ -9,6 +9,7 @@ per process; tokens are cached per (host, port, user) until shortly before they 
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +30,8 @@ from botocore.signers import RequestSigner
 from .config import AWS
 from .errors import CredentialsUnavailable
 
-#: RDS IAM auth tokens are valid for 15 minutes; rdsgate renews them after 10.
+#: RDS IAM auth tokens are valid for 15 minutes; rdsgate renews them after `aws.tokenReuse`.
 TOKEN_LIFETIME = 900.0
-TOKEN_REUSE = 600.0
 
 
 class _AssumeRoleProvider(CredentialProvider):
@@ -75,6 +75,28 @@ def make_session(aws: AWS, session_name: str = "rdsgate") -> botocore.session.Se
             CredentialResolver([_AssumeRoleProvider(source, aws.assume_role_arn, extra)]),
         )
     return session
+
+
+def describe_source(method: str | None, aws: AWS) -> str:
+    """The credential source botocore's credential `method` stands for, as the user set it up."""
+    from .diagnose.credential_chain import SOURCE_NAMES, SOURCES  # diagnose imports this module
+    from .imds import metadata_endpoint
+
+    if method == _AssumeRoleProvider.METHOD:
+        return f"sts:AssumeRole of {aws.assume_role_arn}"
+    source = SOURCES.get(method or "")
+    if source is None:
+        return "the credential chain"
+    env = os.environ
+    detail = {
+        "irsa": f"sts:AssumeRoleWithWebIdentity of {env.get('AWS_ROLE_ARN')} with the token "
+        f"in {env.get('AWS_WEB_IDENTITY_TOKEN_FILE')}",
+        "pod-identity": env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        or f"http://169.254.170.2{env.get('AWS_CONTAINER_CREDENTIALS_RELATIVE_URI', '')}",
+        "imds": metadata_endpoint(),
+    }.get(source)
+    name = SOURCE_NAMES[source]
+    return f"{name} ({detail})" if detail else name
 
 
 def explain_no_credentials(aws: AWS) -> str:
@@ -142,25 +164,35 @@ class TokenMinter:
 
     def cached(self, host: str, port: int, user: str) -> str | None:
         entry = self._cache.get((host, port, user))
-        if entry is not None and time.monotonic() - entry.minted < TOKEN_REUSE:
+        if entry is not None and time.monotonic() - entry.minted < self._aws.token_reuse:
             return entry.token
         return None
+
+    def reusable_for(self) -> float:
+        """Seconds until the last cached token is due for renewal (0 when none is left)."""
+        newest = max((e.minted for e in self._cache.values()), default=None)
+        if newest is None:
+            return 0.0
+        return max(0.0, newest + self._aws.token_reuse - time.monotonic())
 
     def forget(self, host: str, port: int, user: str) -> None:
         """Drops a cached token the upstream refused, so the next log-in signs a fresh one."""
         self._cache.pop((host, port, user), None)
 
     def credentials(self) -> Credentials:
-        """Current credentials, refreshed if due; raises CredentialsUnavailable."""
+        """Current credentials, refreshed if due; raises CredentialsUnavailable naming the source."""
+        method: str | None = None
         try:
             creds = self._session.get_credentials()
             if creds is not None:
+                method = creds.method
                 frozen = creds.get_frozen_credentials()
                 if frozen.access_key:
                     return creds
-        except (BotoCoreError, ClientError) as exc:
+        except (BotoCoreError, ClientError, RuntimeError) as exc:
+            # RuntimeError: botocore's "refreshed credentials are still expired".
             raise CredentialsUnavailable(
-                f"cannot get AWS credentials: {exc}",
+                f"cannot get AWS credentials from {describe_source(method, self._aws)}: {exc}",
                 hint="run `rdsgate diagnose` to see which credential source failed and why",
             ) from exc
         raise CredentialsUnavailable(

@@ -102,6 +102,11 @@ class AWS(Model):
     #: RDS Proxy resource id (prx-...) and account, used to name the rds-db:connect resource.
     proxy_resource_id: str | None = Field(None, pattern=r"^prx-[a-z0-9]+$")
     account_id: str | None = Field(None, pattern=r"^\d{12}$")
+    #: How long a signed RDS IAM auth token serves new log-ins. Tokens live 15 minutes and
+    #: botocore renews credentials 10 minutes before they expire, so at most 10 minutes
+    #: keeps every reused token inside its credentials' life. While credentials cannot be
+    #: refreshed, log-ins go on with the tokens already signed for this long.
+    token_reuse: Duration = Field(600.0, gt=0, le=600)
 
 
 class Access(Model):

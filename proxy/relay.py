@@ -19,7 +19,10 @@ from typing import TYPE_CHECKING
 
 from .errors import ProtocolViolation
 from .tls import RECORD_PLAINTEXT
-from .wire import FrontendScanner
+from .wire import FrontendScanner, terminate
+
+#: The frontend's Terminate: a client that sent it ends the session, whoever closes first.
+_TERMINATE = terminate()
 
 if TYPE_CHECKING:
     from .session import Session
@@ -64,7 +67,7 @@ class _Leg(asyncio.Protocol):
 class UpstreamLeg(_Leg):
     """Attached to the upstream transport; writes to the client."""
 
-    __slots__ = ("last", "write")
+    __slots__ = ("last", "tail", "write")
 
     def __init__(
         self, session: Session, peer: asyncio.Transport, write: Callable[[bytes], None]
@@ -75,6 +78,9 @@ class UpstreamLeg(_Leg):
         #: The latest upstream chunk since the client last spoke, to tell when the server
         #: waits for the client (ReadyForQuery) — the clean moment to end a session.
         self.last = b""
+        #: The latest upstream chunk, whatever the client said since: the server's last
+        #: words when it closes the connection (`wire.trailing_fatal`).
+        self.tail = b""
 
     def resume_writing(self) -> None:
         # A session being ended keeps the client paused (no new queries) until it goes.
@@ -83,10 +89,17 @@ class UpstreamLeg(_Leg):
 
     def data_received(self, data: bytes) -> None:
         self.nbytes += len(data)
-        self.last = data
+        self.last = self.tail = data
         self.write(data)
         if self.session.closing is not None:
             self.session.close_if_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        session = self.session
+        if session.closing is None and not session.client_left and not self.peer.is_closing():
+            # Neither rdsgate nor the client ended it: the upstream went away first.
+            session.upstream_lost(exc)
+        super().connection_lost(exc)
 
 
 class ClientLeg(_Leg):
@@ -116,4 +129,6 @@ class ClientLeg(_Leg):
             if statements:
                 self.session.audit_statements(statements)
         self.upstream_leg.last = b""
+        if data.endswith(_TERMINATE):
+            self.session.client_left = True
         self.peer.write(data)

@@ -48,6 +48,9 @@ T = TypeVar("T")
 _SWAP_RETRIES = 5
 _SWAP_BACKOFF = 0.05
 DIAGNOSE_INTERVAL = 300.0
+#: How often AWS credentials are checked while they work, and retried while they do not.
+CREDENTIALS_INTERVAL = 60.0
+CREDENTIALS_RETRY = 2.0
 
 
 def _file_key(path: Path) -> tuple[int, int, int] | None:
@@ -84,7 +87,12 @@ class Server:
             config.upstream, config.aws, upstream_context(config.upstream.tls), minter, metrics
         )
         self.warm = WarmPool(config.upstream.warm, self.connector.login, metrics)
+        self.connector.on_credentials_failure = self._credentials_failed
         self.reviewer = TokenReviewer()
+        #: Set when a log-in could not sign a token, so readiness is re-checked at once.
+        self._credentials_event = asyncio.Event()
+        #: The credentials problem last logged, so a long outage is logged once, not every retry.
+        self._credentials_logged: str | None = None
         self.sessions: set[Session] = set()
         self._per_identity: Counter[str] = Counter()
         #: Sessions by the process ID in their BackendKeyData, each with its secret key.
@@ -124,7 +132,9 @@ class Server:
     async def load_access(self) -> bool:
         path = self.config.access.file
         try:
-            policy = await _retry_swap(lambda: load_access(path))
+            # Off the event loop: 10,000 grants take seconds to parse and check, and
+            # sessions keep being served meanwhile (the GIL is handed back every 5 ms).
+            policy = await _retry_swap(lambda: load_access(path), in_thread=True)
         except ConfigError as exc:
             self.metrics.access_reloads.labels("invalid").inc()
             problem = "; ".join(exc.problems)
@@ -154,16 +164,42 @@ class Server:
         self.recheck_sessions()
         return True
 
-    async def check_credentials(self) -> bool:
+    async def check_credentials(self) -> float:
+        """Gets (refreshing if due) the AWS credentials; returns when to check again.
+
+        While they cannot be had, log-ins go on with the IAM auth tokens already signed
+        (reused for aws.tokenReuse), so the proxy stays ready until the last of those is
+        due for renewal; then /readyz says which credential source failed.
+        """
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(None, self.minter.credentials)
         except ProxyError as exc:
+            left = self.minter.reusable_for()
+            if left > 0:
+                self.health.set("aws", None)
+                if self._credentials_logged != f"cached {exc.message}":
+                    self._credentials_logged = f"cached {exc.message}"
+                    log.warning(
+                        "AWS credentials not available: %s; log-ins use the IAM auth tokens "
+                        "already signed, for up to %.0fs more",
+                        exc.message,
+                        left,
+                    )
+                return min(CREDENTIALS_RETRY, left)
             self.health.set("aws", exc.message)
-            log.error("AWS credentials not available: %s (%s)", exc.message, exc.hint or "")
-            return False
+            if self._credentials_logged != exc.message:
+                self._credentials_logged = exc.message
+                log.error("AWS credentials not available: %s (%s)", exc.message, exc.hint or "")
+            return CREDENTIALS_RETRY
+        if self._credentials_logged is not None:
+            self._credentials_logged = None
+            log.info("AWS credentials available again")
         self.health.set("aws", None)
-        return True
+        return CREDENTIALS_INTERVAL
+
+    def _credentials_failed(self) -> None:
+        self._credentials_event.set()
 
     # ------------------------------------------------------------------------------------
     # sessions
@@ -312,9 +348,24 @@ class Server:
     async def _sweeper(self) -> None:
         idle = self.config.limits.idle_timeout
         interval = min(1.0, idle / 4) if idle else 1.0
+        resolving: asyncio.Task[None] | None = None
         while True:
             await asyncio.sleep(interval)
             self._sweep()
+            if self.warm.idle_count and (resolving is None or resolving.done()):
+                # Off the sweep: a slow DNS answer must not hold back idle timeouts.
+                resolving = asyncio.create_task(self._follow_endpoint())
+
+    async def _follow_endpoint(self) -> None:
+        """Warm connections follow the endpoint's DNS name: after a failover moves it, those
+        to the old address are closed within a sweep, so no session is handed one."""
+        try:
+            async with asyncio.timeout(self.config.upstream.connect_timeout):
+                addresses = await self.connector.addresses()
+        except (OSError, TimeoutError) as exc:
+            log.info("could not resolve %s to check warm connections: %s", self.connector.host, exc)
+            return
+        self.warm.keep_addresses(addresses)
 
     def _tls_files(self) -> list[Path]:
         tls = self.config.tls
@@ -362,8 +413,10 @@ class Server:
 
     async def _credentials_loop(self) -> None:
         while True:
-            ok = await self.check_credentials()
-            await asyncio.sleep(60.0 if ok else 5.0)
+            self._credentials_event.clear()
+            delay = await self.check_credentials()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._credentials_event.wait(), delay)
 
     # ------------------------------------------------------------------------------------
     # listening
@@ -507,11 +560,12 @@ async def _peek(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> int | N
     return data[0] if data else None
 
 
-async def _retry_swap(load: Callable[[], T]) -> T:
-    """Runs `load`, retrying briefly when a file vanished mid-swap (kubelet `..data` rename)."""
+async def _retry_swap(load: Callable[[], T], *, in_thread: bool = False) -> T:
+    """Runs `load`, retrying briefly when a file vanished mid-swap (kubelet `..data` rename);
+    `in_thread`: in a worker thread, for loads too slow for the event loop."""
     for attempt in range(_SWAP_RETRIES):
         try:
-            return load()
+            return await asyncio.to_thread(load) if in_thread else load()
         except ConfigError as exc:
             missing = any("No such file" in p for p in exc.problems)
             if not missing or attempt == _SWAP_RETRIES - 1:

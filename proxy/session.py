@@ -65,6 +65,8 @@ class Session:
         self.started = time.monotonic()
         self.task: asyncio.Task[None] | None = None
         self.closing: SessionTerminated | None = None
+        #: The client sent Terminate: the upstream closing next is no fault.
+        self.client_left = False
         self._closing_reason = ""
         self._ended = False
         self._cut_timer: asyncio.TimerHandle | None = None
@@ -409,6 +411,34 @@ class Session:
         for t in (self._client_t, self._upstream_t):
             if t is not None:
                 t.close()
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        """The upstream ended a relaying session on its own (RDS Proxy or its database went
+        away): the client hears it at once as a FATAL naming the upstream (`08006`), unless
+        the last thing relayed was already the server's own FATAL (`57P01` ...)."""
+        assert self.upstream_leg is not None and self._client_t is not None
+        where = self.server.config.upstream.endpoint
+        said = wire.trailing_fatal(self.upstream_leg.tail)
+        if said is not None:
+            self.closing = SessionTerminated(
+                f"the upstream {where} closed the connection: {said.get('M', '')}",
+                sqlstate=said.get("C", "57P01"),
+            )
+        else:
+            message = (
+                f"lost the connection to the upstream {where}: {exc}"
+                if exc is not None
+                else f"the upstream {where} closed the connection"
+            )
+            self.closing = err = SessionTerminated(
+                message,
+                sqlstate="08006",
+                hint="RDS Proxy or the database behind it ended this session; reconnect. "
+                "A statement in flight when it ended, a COMMIT too, may or may not have "
+                "completed",
+            )
+            self._client_t.write(wire.error_response(err.sqlstate, err.message, hint=err.hint))
+        self._closing_reason = "upstream_closed"
 
     def relay_closed(self) -> None:
         if self.closing is not None:

@@ -11,6 +11,7 @@ import asyncio
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import wire
@@ -64,6 +65,8 @@ class UpstreamConnector:
         self.host = upstream.host
         self.port = upstream.port
         self.server_name = upstream.tls.server_name or self.host
+        #: Called when a log-in found no AWS credentials to sign its token with.
+        self.on_credentials_failure: Callable[[], None] | None = None
 
     async def token(self, user: str) -> str:
         token = self.minter.cached(self.host, self.port, user)
@@ -74,6 +77,13 @@ class UpstreamConnector:
         token = await loop.run_in_executor(None, self.minter.mint, self.host, self.port, user)
         self.metrics.token_mints.inc()
         return token
+
+    async def addresses(self) -> set[str]:
+        """The addresses the endpoint's name resolves to now, through the system resolver
+        (nothing here caches them: each connection resolves the name afresh)."""
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        return {str(info[4][0]) for info in infos}
 
     async def open_tls(self) -> PacketStream:
         """TCP + SSLRequest + TLS, verified per upstream.tls.mode."""
@@ -145,6 +155,8 @@ class UpstreamConnector:
                 token = await token_task
             except CredentialsUnavailable:
                 self.metrics.upstream_errors.labels("credentials").inc()
+                if self.on_credentials_failure is not None:
+                    self.on_credentials_failure()
                 raise
             forwarded = {k: v for k, v in params.items() if not k.startswith(_NOT_FORWARDED)}
             session = await self._handshake(stream, wire.ClientLogin(forwarded, token), user)
@@ -174,8 +186,14 @@ class UpstreamConnector:
             raise UpstreamUnavailable("the upstream closed the connection during log-in") from exc
         if result.ready:
             return UpstreamSession(stream, result.greeting, result.backend_key)
-        if not result.authenticated:
+        fields = result.error or {}
+        # Before AuthenticationOk, class 28 is the IAM log-in refused; anything else (08001:
+        # RDS Proxy cannot reach its database) says nothing about the token or the policy.
+        login_refused = not result.authenticated and fields.get("C", "28").startswith("28")
+        if login_refused or result.unsupported_auth is not None:
             self.metrics.upstream_errors.labels("auth").inc()
+        elif not result.authenticated:
+            self.metrics.upstream_errors.labels("refused").inc()
         if result.unsupported_auth is not None:
             raise UpstreamRejected(
                 f"the upstream asked for authentication method {result.unsupported_auth}, not "
@@ -183,14 +201,13 @@ class UpstreamConnector:
                 sqlstate="28000",
                 hint=_auth_hint(self.aws, user),
             )
-        fields = result.error or {}
-        if not result.authenticated:
+        if login_refused:
             self.minter.forget(self.host, self.port, user)
         raise UpstreamRejected(
             fields.get("M", "the upstream refused the connection"),
             sqlstate=fields.get("C", "08004"),
             detail=fields.get("D"),
-            hint=fields.get("H") or (None if result.authenticated else _auth_hint(self.aws, user)),
+            hint=fields.get("H") or (_auth_hint(self.aws, user) if login_refused else None),
         )
 
     async def cancel(self, key: tuple[int, bytes]) -> None:

@@ -62,6 +62,11 @@ class _Warm:
     def close(self) -> None:
         self.session.stream.close()
 
+    def peer_address(self) -> str | None:
+        transport = self.session.stream.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        return str(peer[0]) if peer else None
+
 
 class WarmPool:
     def __init__(
@@ -186,6 +191,30 @@ class WarmPool:
                 self._idle[key] = keep
             else:
                 del self._idle[key]
+        self._publish()
+
+    def keep_addresses(self, addresses: set[str]) -> None:
+        """Closes idle connections to an address the endpoint's name no longer resolves to
+        (RDS Proxy failed over, or was replaced): none is handed to a client after that, and
+        their replacements log in at the new address."""
+        for key, queue in list(self._idle.items()):
+            keep = deque(w for w in queue if w.peer_address() in addresses)
+            if len(keep) == len(queue):
+                continue
+            for w in queue:
+                if w not in keep:
+                    log.info(
+                        "warm upstream connection to %s closed: the endpoint moved to %s",
+                        w.peer_address(),
+                        ", ".join(sorted(addresses)),
+                    )
+                    w.close()
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+            if key in self._wanted:
+                self._refill(key, dict(key))
         self._publish()
 
     def clear(self) -> None:

@@ -411,17 +411,19 @@ class FrontendScanner:
 
     It reads 5-byte headers and skips bodies without copying them, so COPY data and bind
     parameters cost one header look-up per message. Statement text is kept up to
-    `max_sql` bytes.
+    `max_sql` bytes. A Parse's statement name is skipped, not kept, whatever its length:
+    a long name must not push the SQL out of what the audit sees.
     """
 
-    __slots__ = ("_capture", "_ctype", "_head", "_max_sql", "_need", "_skip")
+    __slots__ = ("_capture", "_ctype", "_head", "_in_name", "_max_sql", "_need", "_skip")
 
     def __init__(self, max_sql: int = 8192) -> None:
         self._max_sql = max_sql
         self._skip = 0  # body bytes of the current message still to skip
         self._head = b""  # a header split across chunks
-        self._capture: bytearray | None = None  # body of a Q/P being collected
+        self._capture: bytearray | None = None  # SQL of a Q/P being collected
         self._ctype = 0
+        self._in_name = False  # inside the statement name of the Parse being collected
         self._need = 0  # body bytes of the captured message still to come
 
     def feed(self, data: bytes) -> list[Statement] | None:
@@ -445,14 +447,20 @@ class FrontendScanner:
             self._skip = 0
         elif self._capture is not None:
             take = min(self._need, n)
+            start = 0
+            if self._in_name:
+                nul = data.find(b"\x00", 0, take)
+                if nul >= 0:
+                    self._in_name = False
+                    start = nul + 1
             room = self._max_sql + 1 - len(self._capture)
-            if room > 0:
-                self._capture += data[: min(take, room)]
+            if room > 0 and not self._in_name:
+                self._capture += data[start : min(take, start + room)]
             self._need -= take
             pos = take
             if self._need:
                 return None
-            out = [self._finish(self._ctype, bytes(self._capture))]
+            out = [self._finish(self._ctype, bytes(self._capture), self._in_name)]
             self._capture = None
         if self._head:
             data = self._head + data[pos:]
@@ -469,14 +477,21 @@ class FrontendScanner:
             body = pos + 5
             end = pos + 1 + length
             if mtype == b"Q" or mtype == b"P":
+                start = body
+                in_name = False
+                if mtype == b"P":  # statement name, then the query
+                    nul = data.find(b"\x00", body, min(end, n))
+                    in_name = nul < 0
+                    start = min(end, n) if in_name else nul + 1
+                stop = min(end, n, start + self._max_sql + 1)
                 if end <= n:
-                    stop = min(end, body + self._max_sql + 1)
                     if out is None:
                         out = []
-                    out.append(self._finish(mtype[0], data[body:stop]))
+                    out.append(self._finish(mtype[0], data[start:stop], in_name))
                 else:
                     self._ctype = mtype[0]
-                    self._capture = bytearray(data[body : min(n, body + self._max_sql + 1)])
+                    self._in_name = in_name
+                    self._capture = bytearray(data[start:stop])
                     self._need = end - n
                     return out
             pos = end
@@ -484,21 +499,16 @@ class FrontendScanner:
             self._skip = pos - n
         return out
 
-    def _finish(self, ctype: int, body: bytes) -> Statement:
-        if ctype == 0x50:  # Parse: statement name, then the query
-            start = body.find(b"\x00") + 1
-            end = body.find(b"\x00", start)
-            kind = "parse"
-        else:
-            start = 0
-            end = body.find(b"\x00")
-            kind = "query"
-        truncated = end < 0
-        sql = body[start : end if end >= 0 else self._max_sql + start]
-        if len(sql) > self._max_sql:
-            sql = sql[: self._max_sql]
-            truncated = True
-        return Statement(kind, sql.decode("utf-8", "replace"), truncated)
+    def _finish(self, ctype: int, sql: bytes, in_name: bool) -> Statement:
+        """`sql` is at most `max_sql` + 1 bytes from the start of the statement's text;
+        `in_name`: a Parse ended inside its statement name (malformed: no SQL at all)."""
+        kind = "parse" if ctype == 0x50 else "query"
+        if in_name:
+            return Statement(kind, "", True)
+        end = sql.find(b"\x00")
+        if end < 0:
+            return Statement(kind, sql[: self._max_sql].decode("utf-8", "replace"), True)
+        return Statement(kind, sql[:end].decode("utf-8", "replace"), False)
 
 
 def ends_ready_for_query(chunk: bytes) -> bool:
@@ -507,3 +517,31 @@ def ends_ready_for_query(chunk: bytes) -> bool:
     A guess from the last six bytes, used only to pick a moment to end a session cleanly.
     """
     return len(chunk) >= 6 and chunk[-6:-1] == b"Z\x00\x00\x00\x05"
+
+
+#: How far from the end of a backend chunk `trailing_fatal` looks for an ErrorResponse.
+_FATAL_TAIL = 64 * 1024
+
+
+def trailing_fatal(chunk: bytes) -> dict[str, str] | None:
+    """The fields of the FATAL (or PANIC) ErrorResponse that ends a backend chunk, if one does.
+
+    A server's last words before it closes the connection. A guess from the chunk's tail
+    like `ends_ready_for_query` (an `E` whose length reaches exactly to the end), used only
+    so that rdsgate does not add its own error after the server's.
+    """
+    n = len(chunk)
+    if not chunk.endswith(b"\x00\x00"):
+        return None
+    floor = max(0, n - _FATAL_TAIL)
+    pos = chunk.rfind(b"E", floor, n - 5)
+    while pos >= 0:
+        if int.from_bytes(chunk[pos + 1 : pos + 5], "big") == n - pos - 1:
+            try:
+                fields = parse_fields(chunk[pos + 5 :])
+            except ProtocolViolation:
+                return None
+            severity = fields.get("V") or fields.get("S")
+            return fields if severity in ("FATAL", "PANIC") else None
+        pos = chunk.rfind(b"E", floor, pos)
+    return None

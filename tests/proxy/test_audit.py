@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from rdsgate.operator import pki
+from rdsgate.proxy import wire
 from rdsgate.proxy.access import secret_digest
 from tests.fixtures.lab import DbIdentity, LabCA
 from tests.fixtures.proxy import (
@@ -22,6 +23,7 @@ from tests.fixtures.proxy import (
     REPORTING_SECRET,
     RunningProxy,
 )
+from tests.fixtures.rawpg import RawClient
 
 Start = Callable[..., RunningProxy]
 COMMON = ("session_id", "database", "identity", "auth_method", "db_user", "db_name", "client_addr")
@@ -88,6 +90,28 @@ def test_every_event_type_carries_who_what_and_where(
     assert ("parse", "select $1::text") in sql
     denied = by_type["auth.denied"][0]
     assert (denied["identity"], denied["db_user"]) == ("shop/orders-app", "postgres")
+
+
+def test_a_long_statement_name_does_not_hide_the_sql_from_the_audit(proxy: RunningProxy) -> None:
+    """A Parse named with more bytes than `audit.maxQueryBytes` still logs its SQL."""
+    client = RawClient(proxy.port, proxy.ca_file)
+    try:
+        client.start_tls()
+        assert client.login("app", APP_SECRET).type == b"Z"
+        name = b"s" * 20_000
+        client.send(
+            wire.frame(wire.Message(b"P", name + b"\x00select 'named' as hidden\x00\x00\x00"))
+            + wire.frame(wire.Message(b"S", b""))
+        )
+        assert client.until(b"1", b"E").type == b"1"  # ParseComplete
+    finally:
+        client.close()
+    event = proxy.wait_audit("session.query", lambda e: "named" in str(e["sql"]))
+    assert (event["kind"], event["sql"], event.get("truncated")) == (
+        "parse",
+        "select 'named' as hidden",
+        None,
+    )
 
 
 def test_no_secret_in_stdout_stderr_or_metrics(

@@ -102,6 +102,28 @@ def test_scanner_truncates_long_sql() -> None:
     assert out == [wire.Statement("query", sql[:64], True)]
 
 
+@pytest.mark.parametrize("chunk", [1, 5, 777, 1_000_000])
+def test_a_long_statement_name_never_hides_the_sql(chunk: int) -> None:
+    """PostgreSQL puts no limit on statement names: the name is skipped, not counted."""
+    parse = wire.frame(wire.Message(b"P", b"n" * 20_000 + b"\x00select secret()\x00\x00\x00"))
+    scanner = wire.FrontendScanner(max_sql=64)
+    out: list[wire.Statement] = []
+    data = wire.query("select 1") + parse
+    for i in range(0, len(data), chunk):
+        out += scanner.feed(data[i : i + chunk]) or []
+    assert out == [
+        wire.Statement("query", "select 1", False),
+        wire.Statement("parse", "select secret()", False),
+    ]
+
+
+def test_a_parse_whose_name_never_ends_reports_no_sql() -> None:
+    scanner = wire.FrontendScanner(max_sql=64)
+    assert scanner.feed(wire.frame(wire.Message(b"P", b"n" * 100))) == [
+        wire.Statement("parse", "", True)
+    ]
+
+
 def test_ready_for_query_detection() -> None:
     assert wire.ends_ready_for_query(b"Cxxxx" + wire.ready_for_query(b"I"))
     assert not wire.ends_ready_for_query(wire.ready_for_query(b"I") + b"D")
