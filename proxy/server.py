@@ -99,6 +99,8 @@ class Server:
         self._cancel_keys: dict[int, list[tuple[bytes, Session]]] = {}
         self._listener: socket.socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        #: CancelRequests on their way upstream for sessions that were cut
+        self._cancels: set[asyncio.Task[None]] = set()
         self._file_keys: dict[str, tuple[int, int, int] | None] = {}
         metrics.ready.set_function(lambda: 1.0 if health.ready else 0.0)
         self._no_sessions = asyncio.Event()
@@ -276,6 +278,22 @@ class Server:
             await self.connector.cancel(session.upstream_key)
         except ProxyError as exc:
             log.warning("cancel request for session %s failed: %s", session.id, exc.message)
+
+    def cancel_upstream(self, session: Session, key: tuple[int, bytes]) -> None:
+        """Cancels what a session being cut still runs upstream, in the background."""
+        task = asyncio.create_task(self._cancel_upstream(session, key))
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
+
+    async def _cancel_upstream(self, session: Session, key: tuple[int, bytes]) -> None:
+        try:
+            await self.connector.cancel(key)
+        except ProxyError as exc:
+            log.warning(
+                "cancelling the statement of session %s failed: %s", session.id, exc.message
+            )
+        else:
+            log.info("cancelled the statement still running for ended session %s", session.id)
 
     def recheck_sessions(self) -> None:
         """Ends every session whose identity lost access under the policy now in force."""

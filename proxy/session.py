@@ -405,6 +405,11 @@ class Session:
         self._close_transports()
 
     def _cut(self) -> None:
+        """CLOSE_GRACE passed with a statement still running. The statement is cancelled
+        upstream too: the database would otherwise run it to its end for a client that
+        is gone, as it notices a vanished client only when it next reads."""
+        if self.upstream_key is not None:
+            self.server.cancel_upstream(self, self.upstream_key)
         self._close_transports()
 
     def _close_transports(self) -> None:

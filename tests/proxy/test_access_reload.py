@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,9 @@ import asyncpg
 import psycopg
 import pytest
 
+from rdsgate.lab.postgres import PostgresServer
 from rdsgate.proxy.access import secret_digest
+from rdsgate.proxy.session import CLOSE_GRACE
 from tests.fixtures.proxy import APP_SECRET, DEFAULT_ACCESS, REPORTING_SECRET, RunningProxy
 
 Start = Callable[..., RunningProxy]
@@ -103,6 +106,44 @@ def test_removed_grant_ends_its_sessions_only(start_proxy: Start) -> None:
             reporting.execute("select 1")
         assert app.execute("select 'unaffected'").fetchone() == ("unaffected",)
     assert not can_log_in(proxy, REPORTING_SECRET, user="reporting")
+
+
+def test_a_revoked_statement_stops_running_upstream(start_proxy: Start, pg: PostgresServer) -> None:
+    """A session cut mid-statement (CLOSE_GRACE passed) has its statement cancelled too:
+    the database would otherwise run it to the end for nobody."""
+    proxy = start_proxy()
+    outcome: list[BaseException] = []
+
+    def running() -> bool:
+        return bool(
+            pg.execute(
+                "select 1 from pg_stat_activity where usename = 'reporting'"
+                " and query = 'select pg_sleep(60)' and state = 'active'"
+            ).strip()
+        )
+
+    with psycopg.connect(
+        proxy.dsn(user="reporting", password=REPORTING_SECRET), autocommit=True
+    ) as busy:
+
+        def sleep() -> None:
+            try:
+                busy.execute("select pg_sleep(60)")
+            except psycopg.Error as exc:
+                outcome.append(exc)
+
+        worker = threading.Thread(target=sleep)
+        worker.start()
+        wait_until(running)
+        doc = access()
+        doc["grants"] = [g for g in doc["grants"] if g["identity"] != "shop/reporting"]
+        revoked_at = time.monotonic()
+        proxy.set_access(doc)
+        worker.join(20)
+        assert outcome, "the revoked session's statement was not interrupted"
+        wait_until(lambda: not running(), timeout=5)
+        assert time.monotonic() - revoked_at < CLOSE_GRACE + 5
+    assert any("cancelled the statement still running" in line for line in proxy.logs)
 
 
 def test_a_role_that_now_denies_ends_the_session(start_proxy: Start) -> None:
