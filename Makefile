@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 NODE_COMPAT := tests/compat/node
 
-.PHONY: demo test lint typecheck unit bench clean system-deps helm node-deps node-tools
+.PHONY: demo test lint typecheck unit bench bench-control-plane fuzz soak load clean system-deps helm node-deps node-tools
 
 $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) and installing rdsgate with its test and bench extras"
@@ -58,6 +58,29 @@ test: $(STAMP) system-deps node-deps helm lint typecheck
 bench: $(STAMP)
 	@scripts/system-deps postgres pgbouncer
 	@$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# 30 minutes of churn, reloads and revocations through one proxy; fails on more than 10 %
+# growth of its RSS or open descriptors (SOAK_ARGS="--minutes 5" for a shorter one).
+soak: $(STAMP)
+	@scripts/system-deps postgres
+	@$(BIN)/python bench/soak.py $(SOAK_ARGS)
+
+# 1,000 concurrent sessions of 100 transactions, and COPY of 10^6 rows in and out beside
+# 200 other sessions, through rdsgate and direct.
+load: $(STAMP)
+	@scripts/system-deps postgres
+	@$(BIN)/python bench/load.py $(LOAD_ARGS)
+
+# The operator against the Kubernetes API emulator with 1,000 Tokens and 50 Databases, and
+# a proxy loading and reloading an access file of 10,000 grants.
+bench-control-plane: $(STAMP)
+	@$(BIN)/python bench/control_plane.py $(BENCH_ARGS)
+
+# Generated inputs through the start-up parser, the frontend scanner and the file loaders
+# (10^6 per wire target), then a running proxy fed malformed start-ups over TLS.
+fuzz: $(STAMP) system-deps
+	@$(BIN)/python bench/fuzz.py $(FUZZ_ARGS)
+	@RDSGATE_FUZZ_PROXY_INPUTS=$${RDSGATE_FUZZ_PROXY_INPUTS:-2000} $(BIN)/pytest tests/fuzz/test_fuzz_proxy.py -q
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache $(NODE_COMPAT)/node_modules

@@ -344,6 +344,8 @@ class Rdsgate:
     service: Service
     port: int
     metrics_port: int
+    #: the access file's volume: a benchmark publishes new versions as the kubelet would
+    access: ProjectedVolume
 
     def metrics(self) -> str:
         """The Prometheus text of /metrics (empty when it does not answer)."""
@@ -393,15 +395,18 @@ def start_rdsgate(
     name: str = "rdsgate",
     audit_queries: bool = True,
     limits: Mapping[str, Any] | None = None,
+    access_doc: Mapping[str, Any] | None = None,
 ) -> Rdsgate:
     """rdsgate-proxy from a config file and an access file in the kubelet's layout, as
     the operator renders them, in front of `upstream` (`host:port`, TLS verified with the
-    lab CA); `aws_env` is its AWS identity, `aws` the config's `aws` section."""
+    lab CA); `aws_env` is its AWS identity, `aws` the config's `aws` section; `access_doc`
+    replaces the access file of `access_file(secret)`."""
     directory = work / name
     directory.mkdir()
     cert, key = write_key_pair(directory, pki.issue_server_cert(ca.keypair, ["localhost"], [HOST]))
     access = ProjectedVolume(directory / "access")
-    access.write({"access.yaml": yaml.safe_dump(access_file(secret))})
+    doc = dict(access_doc) if access_doc is not None else access_file(secret)
+    access.write({"access.yaml": yaml.safe_dump(doc, sort_keys=False)})
     port, metrics_port = free_port(HOST), free_port(HOST)
     config = {
         "database": {"name": DB_NAME, "namespace": "bench", "labels": {"env": "bench"}},
@@ -431,4 +436,4 @@ def start_rdsgate(
     stack.callback(service.stop)
     url = f"http://{HOST}:{metrics_port}/readyz"
     service.wait_until(f"ready ({url})", lambda: http_ok(url), READY_TIMEOUT)
-    return Rdsgate(service, port, metrics_port)
+    return Rdsgate(service, port, metrics_port, access)
