@@ -8,6 +8,7 @@ import gc
 import logging
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,13 +54,34 @@ async def serve_forever(config: ProxyConfig) -> None:
     # and let it run less often (the data path makes few long-lived objects).
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)
+    collector = asyncio.create_task(_collect_garbage())
     await stop.wait()
+    collector.cancel()
     log.info("shutting down")
     await server.drain()
     await server.stop()
     if not await asyncio.to_thread(audit.close):
         log.error("audit trail: stdout did not take the last lines within 5s")
     httpd.shutdown()
+
+
+#: Seconds between full garbage collections.
+GC_INTERVAL = 60.0
+
+
+async def _collect_garbage() -> None:
+    """With the thresholds above a full collection almost never comes by itself, and
+    cyclic garbage piles up: every periodic diagnosis builds botocore sessions and
+    clients, about 12 MiB of cycles, which a soak saw as RSS growing by that much every
+    5 minutes. So collect on a timer; with the start-up objects frozen it takes
+    milliseconds."""
+    while True:
+        await asyncio.sleep(GC_INTERVAL)
+        started = time.perf_counter()
+        found = gc.collect()
+        log.debug(
+            "gc: %d unreachable objects in %.1f ms", found, (time.perf_counter() - started) * 1e3
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
