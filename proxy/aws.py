@@ -23,7 +23,7 @@ from botocore.credentials import (
     Credentials,
     DeferredRefreshableCredentials,
 )
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, CredentialRetrievalError
 from botocore.model import ServiceId
 from botocore.signers import RequestSigner
 
@@ -191,8 +191,17 @@ class TokenMinter:
                     return creds
         except (BotoCoreError, ClientError, RuntimeError) as exc:
             # RuntimeError: botocore's "refreshed credentials are still expired".
+            why = str(exc)
+            if method == "iam-role" and isinstance(exc, CredentialRetrievalError):
+                # botocore says "response did not contain: access_key, ..." for an IMDS that
+                # gave nothing at all: no answer, an error, or no role attached.
+                why = (
+                    "the instance metadata service gave no credentials when the current ones "
+                    "were due for renewal (it did not answer, refused the request, or the "
+                    "instance has no role); botocore stops using them 10 minutes before they expire"
+                )
             raise CredentialsUnavailable(
-                f"cannot get AWS credentials from {describe_source(method, self._aws)}: {exc}",
+                f"cannot get AWS credentials from {describe_source(method, self._aws)}: {why}",
                 hint="run `rdsgate diagnose` to see which credential source failed and why",
             ) from exc
         raise CredentialsUnavailable(

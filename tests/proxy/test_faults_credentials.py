@@ -13,15 +13,17 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from rdsgate.lab.aws import AwsLab
+from rdsgate.lab.aws import AwsLab, DbIdentity
+from rdsgate.lab.imds import ImdsSettings, RoleCredentials
 from rdsgate.lab.kubelet import ProjectedVolume
 from rdsgate.lab.rdsproxy import RdsProxyStandIn
-from tests.fixtures.credsources import ContainerCredentials, WebIdentitySts
+from tests.fixtures.credsources import ContainerCredentials, InstanceMetadata, WebIdentitySts
 from tests.fixtures.k8s import wait_for
 from tests.fixtures.lab import RdsIam
 from tests.fixtures.proxy import APP_SECRET, REPORTING_SECRET, RunningProxy
@@ -181,3 +183,141 @@ def test_irsa_token_rotation_refreshes_credentials_with_no_failed_login(
         assert rds_proxy.rejections_since(rejections) == []
         assert proxy.metric("rdsgate_upstream_errors_total", {"kind": "credentials"}) == 0
         assert readyz(proxy)[0] == 200
+
+
+def test_sts_outage_with_irsa_serves_cached_tokens_then_fails_and_recovers(
+    start_proxy: Start, aws: AwsLab, rds_proxy: RdsProxyStandIn, tmp_path: Path
+) -> None:
+    """STS goes away with IRSA, a token for `app` cached and none for `reporting`.
+
+    As with Pod Identity: app keeps logging in on its cached token and /readyz stays 200
+    while it is valid; reporting gets 08001 naming IRSA, the role and the token file. Once
+    app's token is due for renewal /readyz turns 503 with the same words and app gets 08001
+    too; when STS is back both log in again, with no restart.
+    """
+    caller = aws.create_user(f"irsa-unused-{os.urandom(3).hex()}")
+    role = aws.create_connect_role(
+        ["app", "reporting"], trusted=[caller.arn], resource_id=rds_proxy.resource_id
+    )
+    volume = ProjectedVolume(tmp_path / "eks.amazonaws.com" / "serviceaccount")
+    with WebIdentitySts(aws.endpoint_url, lifetime=602) as sts:
+        volume.write({"token": sts.issue()})
+        token_file = volume.path("token")
+        env = aws.env() | {
+            "AWS_ROLE_ARN": role.arn,
+            "AWS_WEB_IDENTITY_TOKEN_FILE": str(token_file),
+            "AWS_ROLE_SESSION_NAME": "rdsgate-orders",
+            "AWS_ENDPOINT_URL_STS": sts.url,
+        }
+        proxy = start_proxy({"aws": {"tokenReuse": f"{TOKEN_REUSE}s"}, **NO_WARM}, env=env)
+        assert login(proxy, "app") == "app"
+        assert proxy.metric("rdsgate_iam_token_mints_total") == 1
+        sessions = len(sts.calls)
+        # The role session is due for renewal (botocore: 600 s before it ends) from here on.
+        due = sts.calls[-1].at + (sts.lifetime - 600)
+
+        sts.gate.close()
+        wait_for(lambda: time.monotonic() > due, "the role session to be due for renewal")
+        mark = len(proxy.audit)
+        source = (
+            f"IRSA (web identity) (sts:AssumeRoleWithWebIdentity of {role.arn} "
+            f"with the token in {token_file})"
+        )
+
+        # No token for reporting, and the role session is due for renewal: no STS, no login.
+        err = refusal(proxy, "reporting")
+        assert err.sqlstate == "08001"
+        assert err.message.startswith(f"cannot get AWS credentials from {source}: ")
+        failed = proxy.wait_audit("session.failed", start=mark)
+        assert failed["db_user"] == "reporting"
+        assert failed["sqlstate"] == "08001"
+        assert failed["reason"] == err.message
+        assert proxy.metric("rdsgate_upstream_errors_total", {"kind": "credentials"}) == 1
+
+        # app's token is still cached: app logs in, nothing is signed, the proxy stays ready.
+        hits = proxy.metric("rdsgate_iam_token_cache_hits_total")
+        assert login(proxy, "app") == "app"
+        assert proxy.metric("rdsgate_iam_token_cache_hits_total") == hits + 1
+        assert proxy.metric("rdsgate_iam_token_mints_total") == 1
+        wait_for(
+            lambda: any("use the IAM auth tokens already signed" in line for line in proxy.logs),
+            "the proxy to notice the outage and say it serves cached tokens",
+        )
+        assert readyz(proxy)[0] == 200, readyz(proxy)
+
+        def unready() -> str | None:
+            status, text = readyz(proxy)
+            return text if status == 503 else None
+
+        body = wait_for(
+            unready,
+            "/readyz to turn 503 once the cached token is due for renewal",
+            timeout=TOKEN_REUSE + 10,
+        )
+        assert f"aws: cannot get AWS credentials from {source}: " in body
+        assert proxy.metric("rdsgate_ready") == 0
+        err = refusal(proxy, "app")
+        assert err.sqlstate == "08001"
+        assert err.message.startswith(f"cannot get AWS credentials from {source}: ")
+        assert proxy.metric("rdsgate_upstream_errors_total", {"kind": "credentials"}) == 2
+        assert len(sts.calls) == sessions  # nothing reached STS while it was away
+
+        # STS is back: a new role session, then readiness and log-ins, by themselves.
+        sts.gate.open()
+        wait_for(lambda: readyz(proxy)[0] == 200, "/readyz to recover", timeout=15)
+        assert "AWS credentials available again" in "\n".join(proxy.logs)
+        assert login(proxy, "app") == "app"
+        assert login(proxy, "reporting") == "reporting"
+        assert proxy.metric("rdsgate_iam_token_mints_total") == 3
+        assert [c.status for c in sts.calls[sessions:]] == [200] * (len(sts.calls) - sessions)
+        assert len(sts.calls) > sessions
+        failures = [(e["db_user"], e["sqlstate"]) for e in proxy.events("session.failed", mark)]
+        assert failures == [("reporting", "08001"), ("app", "08001")]
+
+
+def instance_profile(role: DbIdentity, expires_in: float) -> Callable[[], RoleCredentials]:
+    """What IMDS serves for the node's role: the session's keys, expiring `expires_in` s on."""
+    c = role.credentials
+
+    def served() -> RoleCredentials:
+        expiry = datetime.now(UTC) + timedelta(seconds=expires_in)
+        return RoleCredentials(c.access_key_id, c.secret_access_key, c.session_token or "", expiry)
+
+    return served
+
+
+def test_imds_outage_is_bridged_by_botocore_static_stability(
+    start_proxy: Start, aws: AwsLab, rds_iam: RdsIam
+) -> None:
+    """IMDS goes away; the instance profile's credentials are still good, so nothing fails.
+
+    IMDS reports the credentials expiring in 602 s, the lifetime at which IRSA and Pod
+    Identity above are due for renewal 2 s later. botocore treats IMDS credentials
+    differently (its IMDS static stability): any that IMDS hands out with less than 15 min
+    plus 2-10 min of jitter left are extended to that, so it asks IMDS again no sooner than
+    7 min after the last answer. Until then an outage of IMDS is invisible: log-ins with
+    no cached token sign new ones, /readyz stays 200, nothing is counted or refused.
+    """
+    role = rds_iam.role("app", "reporting")
+    settings = ImdsSettings(region=aws.region, credentials=instance_profile(role, 602))
+    with InstanceMetadata(settings) as imds:
+        env = aws.env() | {"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.endpoint}
+        del env["AWS_EC2_METADATA_DISABLED"]
+        proxy = start_proxy({"aws": {"tokenReuse": "1s"}, **NO_WARM}, env=env)
+        assert login(proxy, "app") == "app"
+        role_path = f"/latest/meta-data/iam/security-credentials/{settings.role_name}"
+        fetched = [r for r in imds.server.requests if r.path == role_path]
+        assert fetched and all(r.with_token and r.status == 200 for r in fetched)
+        served = time.monotonic()
+        mark = len(proxy.audit)
+
+        imds.gate.close()
+        # Past the moment an IRSA or Pod Identity session of this lifetime is due for renewal.
+        wait_for(lambda: time.monotonic() > served + 3, "the reported lifetime to be < 600 s")
+        assert login(proxy, "reporting") == "reporting"  # no cached token: a new signature
+        assert login(proxy, "app") == "app"  # its token is past aws.tokenReuse: signed anew
+        assert proxy.metric("rdsgate_iam_token_mints_total") == 3
+        assert proxy.events("session.failed", mark) == []
+        assert proxy.metric("rdsgate_upstream_errors_total", {"kind": "credentials"}) == 0
+        assert readyz(proxy)[0] == 200
+        assert not any("AWS credentials not available" in line for line in proxy.logs)
