@@ -62,7 +62,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from dataclasses import dataclass, field
 from multiprocessing.sharedctypes import Synchronized
 from pathlib import Path
-from types import FrameType
 from typing import Any, TypeVar
 
 import asyncpg
@@ -80,6 +79,7 @@ from bench.rig import (
     BenchError,
     Rdsgate,
     raise_open_files_limit,
+    signals_interrupt,
     start_rdsgate,
 )
 from rdsgate.lab.postgres import LabCA, PostgresError, PostgresNotInstalled, PostgresServer
@@ -874,26 +874,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.copy_rows < 0 or args.copy_background < 0 or args.copy_background_rate <= 0:
         p.error("--copy-rows and --copy-background must not be negative, the rate positive")
     return args
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def signals_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP unwind like Ctrl-C, so the same cleanup runs."""
-    handlers = {
-        signal.SIGINT: signal.default_int_handler,
-        signal.SIGTERM: _raise_interrupt,
-        signal.SIGHUP: _raise_interrupt,
-    }
-    previous = {s: signal.signal(s, handler) for s, handler in handlers.items()}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def machine() -> dict[str, Any]:

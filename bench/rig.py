@@ -20,9 +20,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any, Literal
 
 import yaml
@@ -437,3 +438,27 @@ def start_rdsgate(
     url = f"http://{HOST}:{metrics_port}/readyz"
     service.wait_until(f"ready ({url})", lambda: http_ok(url), READY_TIMEOUT)
     return Rdsgate(service, port, metrics_port, access)
+
+
+# -- signals ----------------------------------------------------------------------------
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextlib.contextmanager
+def signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP unwind like Ctrl-C, so the same cleanup runs; SIGINT is set too,
+    as a shell starts background jobs with it ignored."""
+    handlers = {
+        signal.SIGINT: signal.default_int_handler,
+        signal.SIGTERM: _raise_interrupt,
+        signal.SIGHUP: _raise_interrupt,
+    }
+    previous = {s: signal.signal(s, handler) for s, handler in handlers.items()}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -62,7 +62,6 @@ import platform
 import re
 import secrets
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -72,7 +71,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from rich.console import Console
@@ -1022,27 +1020,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    """SIGTERM and SIGHUP unwind like Ctrl-C, so the same cleanup runs; SIGINT is set too,
-    as a shell starts background jobs with it ignored."""
-    handlers = {
-        signal.SIGINT: signal.default_int_handler,
-        signal.SIGTERM: _raise_interrupt,
-        signal.SIGHUP: _raise_interrupt,
-    }
-    previous = {s: signal.signal(s, handler) for s, handler in handlers.items()}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
 def run_points(
     args: argparse.Namespace,
     tools: Tools,
@@ -1278,7 +1255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tools = find_tools(args.targets, args.profile, idle_sessions=args.idle_sessions > 0)
         if args.perf:
             tools = dataclasses.replace(tools, perf=native_profile.find_perf())
-        with _signals_interrupt():
+        with rig.signals_interrupt():
             results, machine, profile = measure(args, tools, say)
     except KeyboardInterrupt:
         say.print("[yellow]interrupted[/]: everything the benchmark started was stopped")

@@ -72,7 +72,6 @@ if __package__ in (None, ""):
     # no directory of the repository shadows a module of the same name).
     sys.path.append(str(Path(__file__).resolve().parents[1]))
 
-from bench.load import signals_interrupt
 from bench.rig import (
     DB_NAME,
     DB_USER,
@@ -82,6 +81,7 @@ from bench.rig import (
     Rdsgate,
     http_get,
     rss_bytes,
+    signals_interrupt,
     start_rdsgate,
 )
 from rdsgate.lab.postgres import LabCA, PostgresError, PostgresNotInstalled, PostgresServer
