@@ -318,7 +318,7 @@ class Reconciler:
         if current is not None and not owned_by(current, uid) and not (adopt and adopt(current)):
             problems.append(_name_conflict(kind, meta["name"], owner))
             return None
-        result, obj = self.kube.apply(desired, current)
+        result, obj = self.kube.apply(desired, current, known=True)
         self._remember(result, obj)
         return obj
 
@@ -577,11 +577,7 @@ class Reconciler:
     def _grants_in_force(self, namespace: str) -> set[str]:
         """The identities the namespace's access Secrets grant now (as the proxies see it)."""
         found: set[str] = set()
-        selector = {
-            render.LABEL_COMPONENT: "access",
-            render.LABEL_MANAGED_BY: render.MANAGED_BY,
-        }
-        for secret in self.kube.list(SECRET, namespace, selector):
+        for secret in self.kube.list(SECRET, namespace, render.ACCESS_SECRET_SELECTOR):
             try:
                 text = access_bytes(secret_bytes(secret, render.ACCESS_KEY) or b"")
                 doc = yaml.safe_load(text) or {}
@@ -678,12 +674,17 @@ class Reconciler:
         requesters = self._requester_checks(tokens, namespace, now, fresh, outcome)
         credentials: dict[str, access.Credential] = {}
         keys: dict[str, pki.PublicKey] = {}
+        token_secrets: dict[str, Mapping[str, Any]] | None = None
         for token in access.live(tokens):
             if access.service_account_subject(token) is not None:
                 continue
             pem = access.public_key_pem(token)
             if pem is None:
-                credentials[name_of(token)] = self._token_credential(token, now, outcome)
+                if token_secrets is None:
+                    token_secrets = self._listed(SECRET, namespace, render.TOKEN_SECRET_SELECTOR)
+                credentials[name_of(token)] = self._token_credential(
+                    token, now, outcome, token_secrets
+                )
                 continue
             try:
                 keys[name_of(token)] = key = pki.load_public_key(pem)
@@ -716,8 +717,10 @@ class Reconciler:
                 self.metrics.tokens_unverified.remove(namespace)
 
         live_databases = access.live(databases)
+        access_secrets: dict[str, Mapping[str, Any]] = {}
         if live_databases:
             self._apply_ca_config_map(namespace, live_databases, outcome)
+            access_secrets = self._listed(SECRET, namespace, render.ACCESS_SECRET_SELECTOR)
         for obj in live_databases:
             db = render.Database(obj)
             bundle = compiled.bundles[db.name]
@@ -743,7 +746,12 @@ class Reconciler:
             if render.access_bundle_condition(obj, None, len(data), grants) is not None:
                 outcome.bundle_reports[db.name] = (None, len(data), grants)
             try:
-                self._apply_owned(render.access_secret(db, data), obj, problems)
+                self._apply_owned(
+                    render.access_secret(db, data),
+                    obj,
+                    problems,
+                    access_secrets.get(db.access_secret_name),
+                )
                 self.kube.patch_status(
                     obj, {"roles": len(bundle.roles), "grants": len(bundle.grants)}
                 )
@@ -808,7 +816,7 @@ class Reconciler:
                     namespace,
                     render.CA_CONFIG_MAP,
                 )
-            result, written = self.kube.apply(desired, current)
+            result, written = self.kube.apply(desired, current, known=True)
             self._remember(result, written)
         except KubeError as exc:
             outcome.errors.append(str(exc))
@@ -845,13 +853,31 @@ class Reconciler:
             )
         return cert, pki.not_after(cert)
 
+    def _listed(
+        self, kind: Kind, namespace: str, selector: Mapping[str, str]
+    ) -> dict[str, Mapping[str, Any]]:
+        """The objects `selector` lists, by name: a compile's one read of the Secrets it
+        writes. A failed list leaves it empty, and each object is then read on its own (and
+        its error is that object's, as it would be anyway)."""
+        try:
+            return access.by_name(self.kube.list(kind, namespace, selector))
+        except KubeError as exc:
+            log.warning(
+                "could not list %s in %s (reading them one by one): %s", kind.plural, namespace, exc
+            )
+            return {}
+
     def _token_credential(
-        self, token: Mapping[str, Any], now: datetime, outcome: SyncOutcome
+        self,
+        token: Mapping[str, Any],
+        now: datetime,
+        outcome: SyncOutcome,
+        listed: Mapping[str, Mapping[str, Any]],
     ) -> access.Credential:
         """The Token's secret digest, or the problem that keeps it from having a grant; an
         error here is this Token's alone."""
         try:
-            return self._token_secret(token, now)
+            return self._token_secret(token, now, listed)
         except KubeError as exc:
             outcome.errors.append(str(exc))
             return ApplyFailed(f"{exc} (retrying)")
@@ -863,8 +889,11 @@ class Reconciler:
                 "delete it and the operator writes it anew (with a new secret)"
             )
 
-    def _token_secret(self, token: Mapping[str, Any], now: datetime) -> access.Credential:
-        """Write the Token's Secret (keeping its secret once generated); the secret's digest."""
+    def _token_secret(
+        self, token: Mapping[str, Any], now: datetime, listed: Mapping[str, Mapping[str, Any]]
+    ) -> access.Credential:
+        """Write the Token's Secret (keeping its secret once generated); the secret's digest.
+        `listed`: the namespace's Token Secrets from one list; one not there is read."""
         meta = meta_of(token)
         ns, token_name = str(meta.get("namespace")), str(meta.get("name"))
         name = access.secret_name(token)
@@ -873,7 +902,7 @@ class Reconciler:
                 f"the Secret name {name[:40]}... is longer than {NAME_MAX} characters; set "
                 "spec.secretName (the default is the Token's name followed by -rdsgate)"
             )
-        current = self.kube.get(SECRET, ns, name)
+        current = listed[name] if name in listed else self.kube.get(SECRET, ns, name)
         if current is not None and not owned_by(current, str(meta.get("uid"))):
             return SecretConflict(
                 f"Secret {name!r} already exists in namespace {ns!r} and does not belong to "
@@ -904,7 +933,9 @@ class Reconciler:
         data = access.token_secret_data(
             token, namespace=ns, secret=secret, ca_pem=self.ca.cert_pem, client=client
         )
-        result, written = self.kube.apply(render.token_secret(token, name, data), current)
+        result, written = self.kube.apply(
+            render.token_secret(token, name, data), current, known=True
+        )
         self._remember(result, written)
         if result == "created":
             self.kube.post_event(

@@ -338,12 +338,19 @@ class Kube:
         return True
 
     def apply(
-        self, desired: Mapping[str, Any], current: Mapping[str, Any] | None = None
+        self,
+        desired: Mapping[str, Any],
+        current: Mapping[str, Any] | None = None,
+        *,
+        known: bool = False,
     ) -> tuple[ApplyResult, dict[str, Any]]:
-        """Create the object, or merge-patch the fields it lacks; nothing when it has them."""
+        """Create the object, or merge-patch the fields it lacks; nothing when it has them.
+
+        `known`: `current` was just read, so None means the object does not exist (and it is
+        not read again before the create)."""
         kind, meta = kind_of(desired), desired["metadata"]
         ns, name = str(meta.get("namespace") or ""), meta["name"]
-        if current is None:
+        if current is None and not known:
             current = self.get(kind, ns, name)
         if current is None:
             try:

@@ -839,6 +839,12 @@ def database_status(
 
 # The Token Secret
 
+#: Labels every Token Secret carries: a compile lists them all with this selector (one
+#: request), not one GET per Token.
+TOKEN_SECRET_SELECTOR = {LABEL_NAME: "rdsgate-token", LABEL_MANAGED_BY: MANAGED_BY}
+#: Labels every access Secret carries (`Database.labels_for("access")`), for the same reason.
+ACCESS_SECRET_SELECTOR = {LABEL_COMPONENT: "access", LABEL_MANAGED_BY: MANAGED_BY}
+
 
 def label_value(value: str) -> str:
     """`value` as a label value (at most 63 characters): itself when it fits, else a prefix
@@ -862,9 +868,8 @@ def token_secret(
             "name": name,
             "namespace": meta.get("namespace"),
             "labels": {
-                LABEL_NAME: "rdsgate-token",
+                **TOKEN_SECRET_SELECTOR,
                 LABEL_INSTANCE: label_value(token_name),
-                LABEL_MANAGED_BY: MANAGED_BY,
                 LABEL_TOKEN: label_value(token_name),
             },
             "annotations": {ANNOTATION_TOKEN: token_name},
