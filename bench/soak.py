@@ -234,6 +234,10 @@ def revocation_error(exc: BaseException) -> bool:
         return True
     if isinstance(exc, asyncpg.ConnectionDoesNotExistError):
         return True
+    if isinstance(exc, asyncpg.InternalClientError) and "another operation" in str(exc):
+        # asyncpg loses a FATAL that arrives while its connection is idle (PostgreSQL's own
+        # included) and then refuses the next query this way.
+        return True
     return isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
 
 

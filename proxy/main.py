@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import gc
 import logging
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import logs
@@ -69,16 +70,30 @@ async def serve_forever(config: ProxyConfig) -> None:
 GC_INTERVAL = 60.0
 
 
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's `malloc_trim`, which hands the free pages inside malloc's heaps back to the
+    kernel. What a collection frees stays in the process otherwise: the periodic diagnosis
+    left about 3 MiB more RSS each time, which one trim took back. None elsewhere (musl)."""
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
 async def _collect_garbage() -> None:
     """With the thresholds above a full collection almost never comes by itself, and
     cyclic garbage piles up: every periodic diagnosis builds botocore sessions and
     clients, about 12 MiB of cycles, which a soak saw as RSS growing by that much every
-    5 minutes. So collect on a timer; with the start-up objects frozen it takes
-    milliseconds."""
+    5 minutes. So collect on a timer, and trim malloc's heaps after; with the start-up
+    objects frozen both take milliseconds."""
+    trim = _malloc_trim()
     while True:
         await asyncio.sleep(GC_INTERVAL)
         started = time.perf_counter()
         found = gc.collect()
+        if trim is not None:
+            trim(0)
         log.debug(
             "gc: %d unreachable objects in %.1f ms", found, (time.perf_counter() - started) * 1e3
         )
