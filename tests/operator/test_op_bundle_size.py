@@ -18,15 +18,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import kubernetes
 import pytest
 import yaml
 
 from rdsgate.operator import access, render
-from rdsgate.operator.handlers import Config, Reconciler
-from rdsgate.operator.kube import Kube
+from rdsgate.operator.handlers import Reconciler
 from rdsgate.proxy.access import AccessFile, Grant, LabelSelector, Role, Rule, access_bytes
-from tests.fixtures.k8s import EXAMPLES_DIR, OPERATOR_NAMESPACE, Api, ApiServer
+from tests.fixtures.k8s import Api, ApiServer
+from tests.operator.world import example, reconciler_for
 
 LIMIT = render.SECRET_DATA_LIMIT
 
@@ -116,26 +115,12 @@ def k8s_api(private_k8s_api: ApiServer) -> ApiServer:
 
 @pytest.fixture
 def reconciler(k8s_api: ApiServer) -> Iterator[Reconciler]:
-    configuration = kubernetes.client.Configuration()
-    configuration.host = k8s_api.url
-    client = kubernetes.client.ApiClient(configuration)
-    kube = Kube(client)
-    yield Reconciler(
-        kube,
-        Config("rdsgate:test", OPERATOR_NAMESPACE),
-        Reconciler.load_ca(kube, OPERATOR_NAMESPACE),
-    )
-    client.close()
-
-
-def _example(name: str, namespace: str) -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load((EXAMPLES_DIR / name).read_text())
-    doc["metadata"]["namespace"] = namespace
-    return doc
+    with reconciler_for(k8s_api) as reconciler:
+        yield reconciler
 
 
 def _database(namespace: str) -> dict[str, Any]:
-    doc = _example("database.yaml", namespace)
+    doc = example("database.yaml", namespace)
     doc["metadata"]["uid"] = "00000000-0000-0000-0000-000000000001"
     return doc
 
@@ -175,11 +160,11 @@ def _bundle_condition(api: Api, namespace: str) -> dict[str, Any] | None:
 def test_a_bundle_too_large_is_a_condition_and_shrinking_it_clears_it(
     reconciler: Reconciler, api: Api, namespace: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    api.create(_example("database.yaml", namespace))
-    api.create(_example("role-app-rw.yaml", namespace))
+    api.create(example("database.yaml", namespace))
+    api.create(example("role-app-rw.yaml", namespace))
     for name in BULK_ROLES:
         api.create(_bulk_role(namespace, name, 10))
-    orders_app = _example("token-orders-app.yaml", namespace)
+    orders_app = example("token-orders-app.yaml", namespace)
     orders_app["spec"]["roles"] = ["app-rw", *BULK_ROLES]
     api.create(orders_app)
     reconciler.reconcile_database(namespace, "orders")

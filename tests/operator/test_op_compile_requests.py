@@ -14,24 +14,21 @@ import collections
 from collections.abc import Iterator
 from typing import Any
 
-import kubernetes
 import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from rdsgate.operator import access, render
-from rdsgate.operator.handlers import Config, Reconciler
-from rdsgate.operator.kube import Kube
+from rdsgate.operator.handlers import Reconciler
 from rdsgate.proxy.access import AccessPolicy, parse_access
 from tests.fixtures.k8s import (
-    EXAMPLES_DIR,
-    OPERATOR_NAMESPACE,
     Api,
     ApiCall,
     ApiServer,
     label_selector_matches,
 )
+from tests.operator.world import example, reconciler_for, token
 
 #: The requests of a compile where nothing changed, whatever the number of Tokens: the
 #: lists of Databases, Roles, Tokens, Token Secrets and access Secrets, and the GET of the
@@ -47,31 +44,8 @@ def k8s_api(private_k8s_api: ApiServer) -> ApiServer:
 
 @pytest.fixture
 def reconciler(k8s_api: ApiServer) -> Iterator[Reconciler]:
-    configuration = kubernetes.client.Configuration()
-    configuration.host = k8s_api.url
-    client = kubernetes.client.ApiClient(configuration)
-    kube = Kube(client)
-    yield Reconciler(
-        kube,
-        Config("rdsgate:test", OPERATOR_NAMESPACE),
-        Reconciler.load_ca(kube, OPERATOR_NAMESPACE),
-    )
-    client.close()
-
-
-def example(name: str, namespace: str) -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load((EXAMPLES_DIR / name).read_text())
-    doc["metadata"]["namespace"] = namespace
-    return doc
-
-
-def token(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "rdsgate.dev/v1alpha1",
-        "kind": "Token",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"roles": ["app-rw"], **spec},
-    }
+    with reconciler_for(k8s_api) as reconciler:
+        yield reconciler
 
 
 def public_key_pem() -> str:

@@ -13,15 +13,14 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import kubernetes
 import pytest
 import yaml
 
-from rdsgate.operator.handlers import Config, Reconciler, Retry
-from rdsgate.operator.kube import Kube
+from rdsgate.operator.handlers import Reconciler, Retry
 from rdsgate.proxy.access import AccessPolicy, parse_access, secret_digest
-from tests.fixtures.k8s import EXAMPLES_DIR, OPERATOR_NAMESPACE, Api, ApiCall, ApiServer
+from tests.fixtures.k8s import Api, ApiCall, ApiServer
 from tests.operator.hooks import Gate, in_front_of, webhook
+from tests.operator.world import example, reconciler_for, token
 
 
 @pytest.fixture
@@ -32,22 +31,8 @@ def k8s_api(private_k8s_api: ApiServer) -> ApiServer:
 
 @pytest.fixture
 def reconciler(k8s_api: ApiServer) -> Iterator[Reconciler]:
-    configuration = kubernetes.client.Configuration()
-    configuration.host = k8s_api.url
-    client = kubernetes.client.ApiClient(configuration)
-    kube = Kube(client)
-    yield Reconciler(
-        kube,
-        Config("rdsgate:test", OPERATOR_NAMESPACE),
-        Reconciler.load_ca(kube, OPERATOR_NAMESPACE),
-    )
-    client.close()
-
-
-def example(name: str, namespace: str) -> dict[str, Any]:
-    doc: dict[str, Any] = yaml.safe_load((EXAMPLES_DIR / name).read_text())
-    doc["metadata"]["namespace"] = namespace
-    return doc
+    with reconciler_for(k8s_api) as reconciler:
+        yield reconciler
 
 
 def writes_during(k8s_api: ApiServer, fn: Any) -> list[tuple[str, str]]:
@@ -64,15 +49,6 @@ def policy_of(api: Api, namespace: str, db: str = "orders") -> AccessPolicy:
 
 def identities(api: Api, namespace: str, db: str = "orders") -> list[str]:
     return [g.identity for g in policy_of(api, namespace, db).file.grants]
-
-
-def token(namespace: str, name: str, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "rdsgate.dev/v1alpha1",
-        "kind": "Token",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"roles": ["app-rw"], **spec},
-    }
 
 
 def mark_rolled_out(api: Api, namespace: str, name: str = "orders-rdsgate") -> None:

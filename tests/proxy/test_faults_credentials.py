@@ -61,6 +61,46 @@ def readyz(proxy: RunningProxy) -> tuple[int, str]:
     return proxy.http("/readyz")
 
 
+def refused_for_credentials(
+    proxy: RunningProxy, user: str, source: str, failures: int
+) -> asyncpg.PostgresError:
+    """`user` is refused with 08001 naming the credential source; `failures` so far."""
+    err = refusal(proxy, user)
+    assert err.sqlstate == "08001"
+    assert err.message.startswith(f"cannot get AWS credentials from {source}: ")
+    assert proxy.metric("rdsgate_upstream_errors_total", {"kind": "credentials"}) == failures
+    return err
+
+
+def cached_token_serves_until_due(proxy: RunningProxy, source: str) -> None:
+    """With the credential source gone, app logs in on its cached token (nothing is signed)
+    and the proxy stays ready; once the token is due for renewal /readyz turns 503 naming
+    the source, and app is refused too."""
+    hits = proxy.metric("rdsgate_iam_token_cache_hits_total")
+    assert login(proxy, "app") == "app"
+    assert proxy.metric("rdsgate_iam_token_cache_hits_total") == hits + 1
+    assert proxy.metric("rdsgate_iam_token_mints_total") == 1
+    wait_for(
+        lambda: any("use the IAM auth tokens already signed" in line for line in proxy.logs),
+        "the proxy to notice the outage and say it serves cached tokens",
+    )
+    assert readyz(proxy)[0] == 200, readyz(proxy)
+    assert proxy.metric("rdsgate_ready") == 1
+
+    def unready() -> str | None:
+        status, text = readyz(proxy)
+        return text if status == 503 else None
+
+    body = wait_for(
+        unready,
+        "/readyz to turn 503 once the cached token is due for renewal",
+        timeout=TOKEN_REUSE + 10,
+    )
+    assert f"aws: cannot get AWS credentials from {source}: " in body
+    assert proxy.metric("rdsgate_ready") == 0
+    refused_for_credentials(proxy, "app", source, failures=2)
+
+
 def test_pod_identity_endpoint_outage_serves_cached_tokens_then_fails_and_recovers(
     start_proxy: Start, aws: AwsLab, rds_iam: RdsIam
 ) -> None:
@@ -83,44 +123,14 @@ def test_pod_identity_endpoint_outage_serves_cached_tokens_then_fails_and_recove
         source = f"EKS Pod Identity ({agent.full_uri})"
 
         # No token for reporting: it must be signed, and the credentials cannot be had.
-        err = refusal(proxy, "reporting")
-        assert err.sqlstate == "08001"
-        assert err.message.startswith(f"cannot get AWS credentials from {source}: ")
+        err = refused_for_credentials(proxy, "reporting", source, failures=1)
         failed = proxy.wait_audit("session.failed", start=mark)
         assert failed["db_user"] == "reporting"
         assert failed["identity"] == "shop/reporting"
         assert failed["sqlstate"] == "08001"
         assert failed["reason"] == err.message
-        assert proxy.metric("rdsgate_upstream_errors_total", {"kind": "credentials"}) == 1
 
-        # app's token is still cached: app logs in, nothing is signed, the proxy stays ready.
-        hits = proxy.metric("rdsgate_iam_token_cache_hits_total")
-        assert login(proxy, "app") == "app"
-        assert proxy.metric("rdsgate_iam_token_cache_hits_total") == hits + 1
-        assert proxy.metric("rdsgate_iam_token_mints_total") == 1
-        wait_for(
-            lambda: any("use the IAM auth tokens already signed" in line for line in proxy.logs),
-            "the proxy to notice the outage and say it serves cached tokens",
-        )
-        assert readyz(proxy)[0] == 200, readyz(proxy)
-        assert proxy.metric("rdsgate_ready") == 1
-
-        # app's token is due for renewal: the proxy is no longer ready, and says why.
-        def unready() -> str | None:
-            status, text = readyz(proxy)
-            return text if status == 503 else None
-
-        body = wait_for(
-            unready,
-            "/readyz to turn 503 once the cached token is due for renewal",
-            timeout=TOKEN_REUSE + 10,
-        )
-        assert f"aws: cannot get AWS credentials from {source}: " in body
-        assert proxy.metric("rdsgate_ready") == 0
-        err = refusal(proxy, "app")
-        assert err.sqlstate == "08001"
-        assert err.message.startswith(f"cannot get AWS credentials from {source}: ")
-        assert proxy.metric("rdsgate_upstream_errors_total", {"kind": "credentials"}) == 2
+        cached_token_serves_until_due(proxy, source)
 
         # The agent is back: readiness and log-ins recover by themselves.
         agent.gate.open()
@@ -225,41 +235,13 @@ def test_sts_outage_with_irsa_serves_cached_tokens_then_fails_and_recovers(
         )
 
         # No token for reporting, and the role session is due for renewal: no STS, no login.
-        err = refusal(proxy, "reporting")
-        assert err.sqlstate == "08001"
-        assert err.message.startswith(f"cannot get AWS credentials from {source}: ")
+        err = refused_for_credentials(proxy, "reporting", source, failures=1)
         failed = proxy.wait_audit("session.failed", start=mark)
         assert failed["db_user"] == "reporting"
         assert failed["sqlstate"] == "08001"
         assert failed["reason"] == err.message
-        assert proxy.metric("rdsgate_upstream_errors_total", {"kind": "credentials"}) == 1
 
-        # app's token is still cached: app logs in, nothing is signed, the proxy stays ready.
-        hits = proxy.metric("rdsgate_iam_token_cache_hits_total")
-        assert login(proxy, "app") == "app"
-        assert proxy.metric("rdsgate_iam_token_cache_hits_total") == hits + 1
-        assert proxy.metric("rdsgate_iam_token_mints_total") == 1
-        wait_for(
-            lambda: any("use the IAM auth tokens already signed" in line for line in proxy.logs),
-            "the proxy to notice the outage and say it serves cached tokens",
-        )
-        assert readyz(proxy)[0] == 200, readyz(proxy)
-
-        def unready() -> str | None:
-            status, text = readyz(proxy)
-            return text if status == 503 else None
-
-        body = wait_for(
-            unready,
-            "/readyz to turn 503 once the cached token is due for renewal",
-            timeout=TOKEN_REUSE + 10,
-        )
-        assert f"aws: cannot get AWS credentials from {source}: " in body
-        assert proxy.metric("rdsgate_ready") == 0
-        err = refusal(proxy, "app")
-        assert err.sqlstate == "08001"
-        assert err.message.startswith(f"cannot get AWS credentials from {source}: ")
-        assert proxy.metric("rdsgate_upstream_errors_total", {"kind": "credentials"}) == 2
+        cached_token_serves_until_due(proxy, source)
         assert len(sts.calls) == sessions  # nothing reached STS while it was away
 
         # STS is back: a new role session, then readiness and log-ins, by themselves.

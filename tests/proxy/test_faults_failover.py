@@ -27,8 +27,9 @@ from rdsgate.lab.aws import AwsLab
 from rdsgate.lab.postgres import PostgresServer
 from rdsgate.lab.rdsproxy import RdsProxyStandIn, wait_for
 from tests.fixtures.lab import DbIdentity, LabCA
+from tests.fixtures.pods import mount_namespaces_unavailable
 from tests.fixtures.proxy import ProxyLab, RunningProxy
-from tests.fixtures.standins import HostsFile, StandIn, mount_namespace_unavailable_reason
+from tests.fixtures.standins import HostsFile, StandIn
 
 OLD, NEW = "127.0.0.2", "127.0.0.3"
 
@@ -51,7 +52,7 @@ def failover_lab(
     lab_ca: LabCA,
     tmp_path: Path,
 ) -> Iterator[tuple[StandIn, StandIn, HostsFile, ProxyLab]]:
-    reason = mount_namespace_unavailable_reason()
+    reason = mount_namespaces_unavailable()
     if reason is not None:
         pytest.skip(reason)
     name = f"orders.proxy-{os.urandom(3).hex()}.eu-west-1.rds.lab"
