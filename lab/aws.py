@@ -25,7 +25,15 @@ What moto does, checked against moto 5.2 (keep this in mind when writing tests):
   fail with HTTP 500, so keep enforcement off, or scoped with `iam_enforced()`, around
   IRSA flows. Enforcement is a process-wide moto setting: it applies to every `AwsLab`
   in the process, and so do moto's backends (names must be unique across labs).
-* `describe_db_proxy_endpoints` and `modify_db_proxy` are not implemented (HTTP 500).
+* moto 5.2 has no RDS Proxy endpoints; `rdsgate.lab.rds_endpoints` (installed by `start()`)
+  adds `CreateDBProxyEndpoint`, `DescribeDBProxyEndpoints` and `DeleteDBProxyEndpoint` with
+  the real API's shapes, errors and MaxRecords/Marker paging (the default endpoint is not
+  listed, as on AWS: it is the proxy's own `Endpoint`), real paging of `DescribeDBProxies`,
+  `DBProxyNotFoundFault` for deleting or describing the targets of an unknown proxy, and
+  `throttle()`: RDS's `Throttling` answer to chosen actions, seen by any HTTP client.
+  Still missing: `ModifyDBProxy`, `ModifyDBProxyEndpoint` and tags on endpoints (HTTP 500
+  or InvalidParameterValue). Proxy tags (`Tags=` at creation, AddTagsToResource,
+  RemoveTagsFromResource, ListTagsForResource on the proxy ARN) are moto's own and work.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.utils import percent_encode_sequence
 
+from . import rds_endpoints
 from .lifecycle import Service
 
 POLICY_VERSION = "2012-10-17"
@@ -253,6 +262,7 @@ class AwsLab(Service):
             return self
         from moto.server import ThreadedMotoServer
 
+        rds_endpoints.install()
         _quiet_werkzeug()
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         server.start()
@@ -287,6 +297,7 @@ class AwsLab(Service):
         for client in self._clients.values():
             client.close()
         self._clients.clear()
+        rds_endpoints.clear_throttles(self._port)
         server, self._server = self._server, None
         server.stop()
         inner = getattr(server, "_server", None)
@@ -554,6 +565,7 @@ class AwsLab(Service):
         iam_auth: IamAuth = "REQUIRED",
         require_tls: bool = True,
         engine_family: str = "POSTGRESQL",
+        tags: Mapping[str, str] | None = None,
     ) -> DbProxy:
         """An RDS Proxy in a fresh two-subnet VPC with one SECRETS auth entry per secret."""
         auth = [
@@ -566,6 +578,7 @@ class AwsLab(Service):
             RoleArn=f"arn:aws:iam::{self.account_id}:role/rds-proxy-secrets",
             VpcSubnetIds=self._subnet_ids(),
             RequireTLS=require_tls,
+            Tags=[{"Key": k, "Value": v} for k, v in (tags or {}).items()],
         )["DBProxy"]
         arn: str = out["DBProxyArn"]
         proxy = DbProxy(
@@ -577,6 +590,34 @@ class AwsLab(Service):
         )
         self._proxies.append(proxy)
         return proxy
+
+    def create_db_proxy_endpoint(
+        self, proxy_name: str, name: str, target_role: str = "READ_ONLY"
+    ) -> str:
+        """A custom endpoint of a proxy (in the proxy's subnets); returns its host name."""
+        out = self.client("rds").create_db_proxy_endpoint(
+            DBProxyName=proxy_name,
+            DBProxyEndpointName=name,
+            VpcSubnetIds=self._subnet_ids(),
+            TargetRole=target_role,
+        )["DBProxyEndpoint"]
+        return str(out["Endpoint"])
+
+    @property
+    def _port(self) -> int:
+        return int(self.endpoint_url.rsplit(":", 1)[1])
+
+    def throttle(self, action: str, *, times: int | None = None) -> None:
+        """Answer the next `times` calls of the RDS `action` (all until cleared, when None)
+        with RDS's `Throttling` / `Rate exceeded` error, to any client of this lab."""
+        rds_endpoints.throttle(self._port, action, times)
+
+    def clear_throttles(self) -> None:
+        rds_endpoints.clear_throttles(self._port)
+
+    def throttled(self, action: str) -> int:
+        """How many calls of `action` this lab has answered with `Throttling` so far."""
+        return rds_endpoints.throttled_count(self._port, action)
 
     def create_rds_proxy(
         self,

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from rdsgate.operator.inventory import DISCOVERY_ACTIONS
 from rdsgate.proxy.diagnose.policies import (
     INLINE_LIMITS,
     MANAGED_PER_PRINCIPAL,
@@ -285,6 +286,70 @@ def plan_for_principal(
         + "."
     )
     raise PolicyTooLarge(message, prefixes)
+
+
+# ---------------------------------------------------------------------------------------
+# Discovery (DatabaseDiscovery reads RDS Proxies, their endpoints, targets and tags)
+
+#: The resource types each discovery action names in AWS's Service Authorization
+#: Reference for RDS ("Actions defined by Amazon RDS"): all four support resource-level
+#: permissions, so statements are scoped to proxies, their endpoints and target groups.
+_DISCOVERY_RESOURCES: dict[str, tuple[str, ...]] = {
+    "rds:DescribeDBProxies": ("db-proxy",),
+    "rds:DescribeDBProxyEndpoints": ("db-proxy", "db-proxy-endpoint"),
+    "rds:DescribeDBProxyTargets": ("db-proxy", "target-group"),
+    "rds:ListTagsForResource": ("db-proxy",),
+}
+
+
+def discovery_policy(
+    assume_role_arn: str | None = None,
+    *,
+    account_id: str | None = None,
+    regions: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The least-privilege policy for DatabaseDiscovery's reads, for the identity that
+    makes them: the role `assume_role_arn` (whose account and partition scope it), or the
+    operator's own. Read-only: it can list proxies but not connect to or change them."""
+    part, account = "aws", account_id or "*"
+    if assume_role_arn:
+        fields = assume_role_arn.split(":")
+        if len(fields) >= 5:
+            part, account = fields[1] or part, account_id or fields[4] or "*"
+    if regions:
+        part = partition(regions[0])
+    where = sorted(set(regions)) or ["*"]
+    by_types: dict[tuple[str, ...], list[str]] = {}
+    for action in DISCOVERY_ACTIONS:
+        by_types.setdefault(_DISCOVERY_RESOURCES.get(action, ("db-proxy",)), []).append(action)
+    statements = []
+    for types, actions in by_types.items():
+        resources = [
+            f"arn:{part}:rds:{region}:{account}:{kind}:*" for kind in types for region in where
+        ]
+        sid = "RdsgateDiscovery" + "".join(a.split(":")[1] for a in actions)
+        statements.append(
+            {
+                "Sid": sid[:128],
+                "Effect": "Allow",
+                "Action": actions if len(actions) > 1 else actions[0],
+                "Resource": resources if len(resources) > 1 else resources[0],
+            }
+        )
+    return policy(*statements)
+
+
+def discovery_assume_role_policy(assume_role_arn: str) -> dict[str, Any]:
+    """What the operator's own identity needs to read through `assume_role_arn`; the role's
+    trust policy must also name that identity (and the external id, if one is set)."""
+    return policy(
+        {
+            "Sid": "RdsgateDiscoveryAssumeRole",
+            "Effect": "Allow",
+            "Action": "sts:AssumeRole",
+            "Resource": assume_role_arn,
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------

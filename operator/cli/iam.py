@@ -25,6 +25,8 @@ from rdsgate.operator.iam import (
     ProxyRef,
     apply_trust_policy,
     attach,
+    discovery_assume_role_policy,
+    discovery_policy,
     iam_glob,
     irsa_trust_policy,
     oidc_provider_registered,
@@ -85,6 +87,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="managed policies the principal may take (default: the account's quota, 10)",
     )
     pol.add_argument("--json", action="store_true", help='print {"policies": [...]}')
+    disc = pol.add_argument_group("or the policy DatabaseDiscovery needs")
+    disc.add_argument(
+        "--discovery",
+        action="store_true",
+        help="the read-only policy for discovering RDS Proxies (DescribeDBProxies, "
+        "DescribeDBProxyEndpoints, DescribeDBProxyTargets, ListTagsForResource); "
+        "--account and --region narrow it",
+    )
+    disc.add_argument(
+        "--assume-role-arn",
+        metavar="ARN",
+        help="with --discovery: the role a DatabaseDiscovery assumes (spec.aws.assumeRoleArn); "
+        "also prints the sts:AssumeRole policy for the operator's own identity",
+    )
     pol.set_defaults(func=run_policy)
 
     trust = iam_sub.add_parser(
@@ -180,7 +196,44 @@ def _print_plan(console: Console, plan: Plan, notes: list[str], header: str) -> 
         print(json.dumps(doc, indent=2))
 
 
+def run_discovery_policy(args: argparse.Namespace) -> int:
+    """`iam policy --discovery`: pure documents, nothing asked of AWS."""
+    proxy_args = (args.database, args.db_user, args.proxy_resource_id)
+    if any(proxy_args) or args.attach_to_role or args.attach_to_user:
+        raise CliError(
+            "--discovery prints the discovery policy only: drop --database, --db-user, "
+            "--proxy-resource-id and --attach-to-*",
+            exit_code=2,
+        )
+    regions = [args.region] if args.region else []
+    reader = discovery_policy(args.assume_role_arn, account_id=args.account, regions=regions)
+    documents = [reader]
+    if args.assume_role_arn:
+        documents.append(discovery_assume_role_policy(args.assume_role_arn))
+    if args.json:
+        print(json.dumps({"policies": documents}, indent=2))
+        return 0
+    console = Console(highlight=False)
+    who = f"the role {args.assume_role_arn}" if args.assume_role_arn else "the operator's identity"
+    console.print(
+        f"DatabaseDiscovery reads RDS Proxies with this policy, on {who}:", soft_wrap=True
+    )
+    print(json.dumps(reader, indent=2))
+    if args.assume_role_arn:
+        console.print(
+            "\nand the operator's own identity (IRSA or Pod Identity role) needs, to assume it "
+            "(the role's trust policy must name that identity, with the externalId if set):",
+            soft_wrap=True,
+        )
+        print(json.dumps(documents[1], indent=2))
+    return 0
+
+
 def run_policy(args: argparse.Namespace) -> int:
+    if args.discovery:
+        return run_discovery_policy(args)
+    if args.assume_role_arn:
+        raise CliError("--assume-role-arn goes with --discovery", exit_code=2)
     ref, users, notes = _from_database(args) if args.database else _direct(args)
     resources = resources_for(
         ref, users, wildcard=args.wildcard, wildcard_prefixes=args.wildcard_prefix
