@@ -396,10 +396,17 @@ def reference_frames(
 
 def _reference_statement(mtype: int, body: bytes, max_sql: int) -> wire.Statement:
     """Audit keeps the first `max_sql` bytes of SQL, after a Parse's statement name however
-    long; `truncated` when cut or unterminated (a Parse with no end to its name has no SQL)."""
+    long; `truncated` when cut or unterminated (a Parse with no end to its name has no SQL).
+    `named`: a Parse whose name has any byte; `large`: the text after the name (and its NUL)
+    is over `wire.LARGE_STATEMENT` bytes."""
+    named = False
     if mtype == 0x50:
         nul = body.find(b"\x00")
+        named = nul != 0 and len(body) > 0
         body = body[nul + 1 :] if nul >= 0 else b""
+        large = nul >= 0 and len(body) - 1 > wire.LARGE_STATEMENT
+    else:
+        large = len(body) - 1 > wire.LARGE_STATEMENT
     seen = body[: max_sql + 1]
     end = seen.find(b"\x00")
     if end < 0:
@@ -407,7 +414,7 @@ def _reference_statement(mtype: int, body: bytes, max_sql: int) -> wire.Statemen
     else:
         sql, truncated = seen[:end], False
     kind = "parse" if mtype == 0x50 else "query"
-    return wire.Statement(kind, sql.decode("utf-8", "replace"), truncated)
+    return wire.Statement(kind, sql.decode("utf-8", "replace"), truncated, named, large)
 
 
 def check_scanner(inp: WireInput) -> str:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -50,6 +50,7 @@ from . import admission, pki
 from .admission import Decision, Requester, bind_refusal
 from .ca import b64
 from .objects import labels_of, meta_of, name_of, spec_of, spec_problems
+from .render import READ_ONLY_SUFFIX
 from .status import Condition, InvalidSpec, Problem, ReferenceNotFound, parse_timestamp, timestamp
 
 DEFAULT_MOUNT_PATH = "/var/run/secrets/rdsgate"
@@ -61,6 +62,7 @@ TOKEN_SECRET_KEYS = (
     "tls.crt",
     "tls.key",
     "PGHOST",
+    "PGHOST_RO",
     "PGPORT",
     "PGUSER",
     "PGDATABASE",
@@ -175,20 +177,21 @@ def _selector_text(sel: LabelSelector | None, omitted: str) -> str:
 
 def rule_summary(rule: Rule, *, allow: bool) -> str:
     """One line for `kubectl get rdsrole`: users, names and which Databases."""
+    via = f" via {','.join(rule.endpoints)}" if rule.endpoints is not None else ""
     if allow:
         on = _selector_text(rule.databases, "no Database")
         users, names = _patterns(rule.database_users), _patterns(rule.database_names)
-        return f"users {users} dbs {names} on [{on}]"
+        return f"users {users} dbs {names} on [{on}]{via}"
     if not rule.database_users and not rule.database_names:
-        if rule.databases is None:
+        if rule.databases is None and rule.endpoints is None:
             return "-"
-        return f"everything on [{_selector_text(rule.databases, '')}]"
+        return f"everything on [{_selector_text(rule.databases, 'every Database')}]{via}"
     parts = []
     if rule.database_users:
         parts.append(f"users {_patterns(rule.database_users)}")
     if rule.database_names:
         parts.append(f"dbs {_patterns(rule.database_names)}")
-    return " ".join([*parts, f"on [{_selector_text(rule.databases, 'every Database')}]"])
+    return " ".join([*parts, f"on [{_selector_text(rule.databases, 'every Database')}]{via}"])
 
 
 # Tokens
@@ -955,8 +958,11 @@ def token_secret_data(
     secret: str,
     ca_pem: bytes,
     client: pki.KeyPair,
+    readers: Collection[str] = (),
 ) -> dict[str, str | None]:
-    """The Token Secret's `data` (base64), with None for every owned key it must not carry."""
+    """The Token Secret's `data` (base64), with None for every owned key it must not carry.
+    `readers`: the namespace's Databases with a read-only endpoint; a Token naming one gets
+    `PGHOST_RO`, its `-ro` Service (same port, user, database and CA)."""
     spec = spec_of(token)
     values: dict[str, str | bytes] = {
         "token": secret,
@@ -979,6 +985,8 @@ def token_secret_data(
         }
         if database:
             values["PGHOST"] = f"{database}.{namespace}.svc"
+            if str(database) in readers:
+                values["PGHOST_RO"] = f"{database}{READ_ONLY_SUFFIX}.{namespace}.svc"
         if user:
             values["PGUSER"] = str(user)
         if dbname:

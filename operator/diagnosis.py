@@ -86,3 +86,28 @@ def _condition(type_: str, status: ConditionStatus, reason: str, message: str) -
         event="Warning" if status == "False" else "Normal",
         event_message=f"{type_}={status}: {message}",
     )
+
+
+#: How many (identity, reason) pairs `status.pinning` keeps.
+PINNING_TOP = 10
+
+
+def pinning_summary(
+    reports: Mapping[str, Sequence[Mapping[str, Any]]], top: int = PINNING_TOP
+) -> list[dict[str, Any]]:
+    """The top identities by pinning reason across pods (pod name → its `/pinning` list):
+    statements summed per (identity, reason), most first. No SQL text: only counts."""
+    totals: dict[tuple[str, str], int] = {}
+    for entries in reports.values():
+        for entry in entries:
+            try:
+                key = (str(entry["identity"]), str(entry["reason"]))
+                count = int(entry["statements"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            totals[key] = totals.get(key, 0) + count
+    ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    return [
+        {"identity": ident, "reason": reason, "statements": count}
+        for (ident, reason), count in ranked
+    ]

@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -50,11 +50,13 @@ from rdsgate.proxy.errors import ConfigError
 from . import access, admission, diagnosis, pki, render, webhooks
 from .authz import BindChecker
 from .ca import CA_SECRET_NAME, ca_secret, is_current, keypair_from_secret, secret_bytes
+from .discoverer import Discoverer
 from .kube import (
     CERTIFICATE,
     CLUSTER_ROLE_BINDING,
     CONFIG_MAP,
     DATABASE,
+    DATABASE_DISCOVERY,
     DEPLOYMENT,
     PDB,
     POD,
@@ -393,6 +395,11 @@ class Reconciler:
             render.deployment(db, settings, render.config_hash(cm_data)), obj, problems
         )
         self._apply_owned(render.service(db), obj, problems)
+        read_only = render.read_only_service(db)
+        if read_only is not None:
+            self._apply_owned(read_only, obj, problems)
+        else:
+            self._prune(SERVICE, ns, db.read_only_service_name, db.uid)
         pdb = render.pod_disruption_budget(db)
         if pdb is not None:
             self._apply_owned(pdb, obj, problems)
@@ -458,18 +465,24 @@ class Reconciler:
         if obj is None or meta_of(obj).get("deletionTimestamp"):
             return
         reports: dict[str, diagnosis.Report] = {}
+        pinning: dict[str, list[dict[str, Any]]] = {}
         for pod in self.kube.list(POD, namespace, render.Database(obj).selector()):
             address = _pod_metrics_address(pod)
             if address is not None:
                 reports[name_of(pod)] = _fetch_diagnosis(address)
+                pinned = _fetch_pinning(address)
+                if pinned is not None:
+                    pinning[name_of(pod)] = pinned
         wanted = diagnosis.diagnosis_conditions(reports)
+        # What pins RDS Proxy sessions, since the proxies started; kept when none answered.
+        fields = {"pinning": diagnosis.pinning_summary(pinning)} if pinning else {}
         # The reconcile merges into the same conditions list: under its lock, and on a read
         # made under it, each keeps what the other wrote. (The pods are asked outside it.)
         with self._lock("db", namespace, name):
             obj = self.kube.get(DATABASE, namespace, name)
             if obj is None or meta_of(obj).get("deletionTimestamp"):
                 return
-            self._set_status(obj, {}, wanted, event_key=STATUS_AND_REASON, observe=False)
+            self._set_status(obj, fields, wanted, event_key=STATUS_AND_REASON, observe=False)
 
     def sync_tokenreview_subjects(self, namespace: str) -> None:
         """Keeps this namespace's proxy ServiceAccounts, and only them, in the TokenReview
@@ -675,6 +688,9 @@ class Reconciler:
         credentials: dict[str, access.Credential] = {}
         keys: dict[str, pki.PublicKey] = {}
         token_secrets: dict[str, Mapping[str, Any]] | None = None
+        readers = {
+            name_of(d) for d in databases if render.Database(d).read_only_endpoint is not None
+        }
         for token in access.live(tokens):
             if access.service_account_subject(token) is not None:
                 continue
@@ -683,7 +699,7 @@ class Reconciler:
                 if token_secrets is None:
                     token_secrets = self._listed(SECRET, namespace, render.TOKEN_SECRET_SELECTOR)
                 credentials[name_of(token)] = self._token_credential(
-                    token, now, outcome, token_secrets
+                    token, now, outcome, token_secrets, readers
                 )
                 continue
             try:
@@ -873,11 +889,12 @@ class Reconciler:
         now: datetime,
         outcome: SyncOutcome,
         listed: Mapping[str, Mapping[str, Any]],
+        readers: Collection[str] = (),
     ) -> access.Credential:
         """The Token's secret digest, or the problem that keeps it from having a grant; an
         error here is this Token's alone."""
         try:
-            return self._token_secret(token, now, listed)
+            return self._token_secret(token, now, listed, readers)
         except KubeError as exc:
             outcome.errors.append(str(exc))
             return ApplyFailed(f"{exc} (retrying)")
@@ -890,7 +907,11 @@ class Reconciler:
             )
 
     def _token_secret(
-        self, token: Mapping[str, Any], now: datetime, listed: Mapping[str, Mapping[str, Any]]
+        self,
+        token: Mapping[str, Any],
+        now: datetime,
+        listed: Mapping[str, Mapping[str, Any]],
+        readers: Collection[str] = (),
     ) -> access.Credential:
         """Write the Token's Secret (keeping its secret once generated); the secret's digest.
         `listed`: the namespace's Token Secrets from one list; one not there is read."""
@@ -931,7 +952,12 @@ class Reconciler:
                 not_after=min(expires_at, cap) if expires_at else None,
             )
         data = access.token_secret_data(
-            token, namespace=ns, secret=secret, ca_pem=self.ca.cert_pem, client=client
+            token,
+            namespace=ns,
+            secret=secret,
+            ca_pem=self.ca.cert_pem,
+            client=client,
+            readers=readers,
         )
         result, written = self.kube.apply(
             render.token_secret(token, name, data), current, known=True
@@ -972,6 +998,11 @@ class Runtime:
 DB_RESOURCE = (DATABASE.group, DATABASE.version, DATABASE.plural)
 ROLE_RESOURCE = (ROLE.group, ROLE.version, ROLE.plural)
 TOKEN_RESOURCE = (TOKEN.group, TOKEN.version, TOKEN.plural)
+DISCOVERY_RESOURCE = (
+    DATABASE_DISCOVERY.group,
+    DATABASE_DISCOVERY.version,
+    DATABASE_DISCOVERY.plural,
+)
 MANAGED = {render.LABEL_MANAGED_BY: render.MANAGED_BY}
 #: Children whose changes are watched for immediate drift repair; the rest are repaired by
 #: the periodic resync.
@@ -1016,6 +1047,20 @@ def _fetch_diagnosis(address: tuple[str, int]) -> diagnosis.Report:
     except (OSError, ValueError) as exc:
         return f"{type(exc).__name__}: {exc}"
     return findings if isinstance(findings, list) else "no findings in the answer"
+
+
+def _fetch_pinning(address: tuple[str, int]) -> list[dict[str, Any]] | None:
+    """A proxy pod's `/pinning` counts, or None when it cannot tell (an older proxy too)."""
+    host, port = address
+    host = f"[{host}]" if ":" in host else host
+    try:
+        with urllib.request.urlopen(
+            f"http://{host}:{port}/pinning", timeout=DIAGNOSE_TIMEOUT
+        ) as resp:
+            entries = json.loads(resp.read()).get("pinning")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return entries if isinstance(entries, list) else None
 
 
 def _ns(namespace: str | None) -> str:
@@ -1195,6 +1240,8 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
             if type == "DELETED":
                 _logged(lambda: runtime.get().sync_access(_ns(namespace)))
 
+    register_discovery(registry, runtime)
+
     @kopf.daemon(*TOKEN_RESOURCE, when=_has_ttl, cancellation_timeout=5.0, registry=registry)
     async def token_expiry(
         stopped: kopf.DaemonStopped, namespace: str | None, name: str, **_: Any
@@ -1221,6 +1268,59 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
                 await asyncio.to_thread(_retrying, partial(reconciler.sync_access, _ns(namespace)))
                 return
             await stopped.wait(min(remaining + 0.05, 3600.0))
+
+
+def register_discovery(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
+    """DatabaseDiscovery (docs/discovery.md): a daemon per object runs a round of
+    `Discoverer.run` in a thread, then sleeps the delay it returns (spec.interval, a back-off,
+    or until a grace period ends), waking at once when the spec changes."""
+    wakes: dict[tuple[str, str], asyncio.Event] = {}
+    discoverers: list[Discoverer] = []
+
+    def discoverer() -> Discoverer:
+        if not discoverers:
+            reconciler = runtime.get()
+
+            def marked(namespace: str, name: str) -> None:
+                _logged(lambda: reconciler.reconcile_database(namespace, name))
+
+            discoverers.append(Discoverer(reconciler.kube, marked=marked))
+        return discoverers[0]
+
+    @kopf.daemon(*DISCOVERY_RESOURCE, cancellation_timeout=5.0, registry=registry)
+    async def discover(
+        stopped: kopf.DaemonStopped, namespace: str | None, name: str, **_: Any
+    ) -> None:
+        key = (_ns(namespace), name)
+        wake = wakes.setdefault(key, asyncio.Event())
+        try:
+            while not stopped:
+                wake.clear()
+                try:
+                    delay = await asyncio.to_thread(discoverer().run, *key)
+                except (KubeError, kopf.TemporaryError) as exc:
+                    log.warning("DatabaseDiscovery %s/%s: will retry: %s", *key, exc)
+                    delay = RETRY_DELAY
+                if delay is None:
+                    return
+                waiters = {
+                    asyncio.ensure_future(stopped.wait(delay)),
+                    asyncio.ensure_future(wake.wait()),
+                }
+                _done, pending = await asyncio.wait(
+                    waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in pending:
+                    task.cancel()
+        finally:
+            wakes.pop(key, None)
+
+    @kopf.on.update(*DISCOVERY_RESOURCE, field="spec", registry=registry)
+    async def discovery_changed(namespace: str | None, name: str, **_: Any) -> None:
+        """A new spec is read at once, not at the end of the current interval."""
+        wake = wakes.get((_ns(namespace), name))
+        if wake is not None:
+            wake.set()
 
 
 def server_names_for(host: str) -> tuple[list[str], list[str]]:

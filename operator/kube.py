@@ -62,6 +62,7 @@ class Kind:
 DATABASE = Kind("rdsgate.dev", "v1alpha1", "databases", "Database")
 ROLE = Kind("rdsgate.dev", "v1alpha1", "roles", "Role")
 TOKEN = Kind("rdsgate.dev", "v1alpha1", "tokens", "Token")
+DATABASE_DISCOVERY = Kind("rdsgate.dev", "v1alpha1", "databasediscoveries", "DatabaseDiscovery")
 SECRET = Kind("", "v1", "secrets", "Secret")
 CONFIG_MAP = Kind("", "v1", "configmaps", "ConfigMap")
 SERVICE = Kind("", "v1", "services", "Service")
@@ -96,6 +97,7 @@ KINDS = {
     (k.api_version, k.kind): k
     for k in (
         DATABASE,
+        DATABASE_DISCOVERY,
         ROLE,
         TOKEN,
         SECRET,

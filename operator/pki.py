@@ -208,6 +208,10 @@ def _leaf(
     return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key) if key else b"")
 
 
+#: X.509's upper bound on a Common Name (RFC 5280 ub-common-name).
+CN_MAX = 64
+
+
 def issue_server_cert(
     ca: KeyPair,
     dns_names: Sequence[str],
@@ -218,8 +222,10 @@ def issue_server_cert(
     not_after: datetime | None = None,
     common_name: str | None = None,
 ) -> KeyPair:
-    """A TLS server certificate for these names (the first one is also the Common Name)."""
-    cn = common_name or (dns_names[0] if dns_names else ip_addresses[0])
+    """A TLS server certificate for these names (the first one that fits in a Common Name,
+    64 characters, is also the Common Name; clients check the SANs)."""
+    fitting = [n for n in [*dns_names, *ip_addresses] if len(n) <= CN_MAX]
+    cn = common_name or (fitting[0] if fitting else "rdsgate server")
     sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
     sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])

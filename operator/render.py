@@ -42,6 +42,9 @@ ANNOTATION_TOKEN = "rdsgate.dev/token-name"  # noqa: S105 - an annotation key
 LABEL_COMPONENT = "app.kubernetes.io/component"
 CONFIG_HASH = "rdsgate.dev/config-hash"
 IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"
+#: Set by a DatabaseDiscovery on a Database whose RDS Proxy endpoint it no longer finds
+#: (operator/discovery.py): Ready=False, reason GoneFromAWS, until deleted or found again.
+ANNOTATION_GONE_FROM_AWS = "rdsgate.dev/gone-from-aws-since"
 
 CONFIG_DIR = PurePosixPath("/etc/rdsgate/config")
 TLS_DIR = PurePosixPath("/etc/rdsgate/tls")
@@ -52,6 +55,10 @@ UPSTREAM_CA_KEY = "upstream-ca.crt"
 CLIENT_CA_KEY = "client-ca.crt"
 
 SERVICE_PORT = 5432
+#: The read-only listener's container port (spec.proxy.readOnlyPort), with a reader.
+READ_ONLY_PORT = 5433
+#: The `-ro` Service's suffix: a reader's Service is `<db>-ro`.
+READ_ONLY_SUFFIX = "-ro"
 METRICS_PORT = 9187
 PROXY_UID = 65532
 DEFAULT_REPLICAS = 2
@@ -152,6 +159,16 @@ class Database:
         return f"{self.name}-rdsgate"
 
     @property
+    def read_only_endpoint(self) -> str | None:
+        """spec.readOnlyEndpoint: an RDS Proxy read-only endpoint, served as `<db>-ro`."""
+        value = self.spec.get("readOnlyEndpoint")
+        return str(value) if value else None
+
+    @property
+    def read_only_service_name(self) -> str:
+        return f"{self.name}{READ_ONLY_SUFFIX}"
+
+    @property
     def tls_secret_name(self) -> str:
         return f"{self.name}-rdsgate-tls"
 
@@ -213,6 +230,9 @@ _SPEC_PATHS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("upstream", "endpoint"), "spec.endpoint"),
     (("upstream", "warm"), "spec.proxy.warmConnections"),
     (("upstream",), "spec"),
+    (("read_only", "endpoint"), "spec.readOnlyEndpoint"),
+    (("read_only", "port"), "spec.proxy.readOnlyPort"),
+    (("read_only",), "spec"),
     (("listen", "port"), "spec.proxy.port"),
     (("metrics", "port"), "spec.proxy.metricsPort"),
     (("limits",), "spec.proxy"),
@@ -236,6 +256,11 @@ def _check_names(db: Database) -> None:
         raise InvalidSpec(
             f"metadata.name {db.name!r} must be a DNS label (lowercase letters, digits, '-', "
             "starting with a letter, at most 63 characters): it becomes the Service name"
+        )
+    if db.read_only_endpoint and len(db.read_only_service_name) > 63:
+        raise InvalidSpec(
+            f"metadata.name {db.name!r} is too long for spec.readOnlyEndpoint: the read-only "
+            f"Service {db.read_only_service_name!r} must be at most 63 characters"
         )
     engine = db.spec.get("engine", "postgres")
     if engine != "postgres":
@@ -303,6 +328,15 @@ def proxy_config(db: Database) -> ProxyConfig:
     }
     if data["upstream"]["endpoint"] is None:
         del data["upstream"]["endpoint"]
+    if db.read_only_endpoint:
+        ro_port = proxy.get("readOnlyPort", READ_ONLY_PORT)
+        for other in ("port", "metricsPort"):
+            if ro_port == data["listen" if other == "port" else "metrics"]["port"]:
+                raise InvalidSpec(
+                    f"spec.proxy.readOnlyPort {ro_port} is spec.proxy.{other} too; the "
+                    "read-only listener needs a port of its own"
+                )
+        data["read_only"] = {"port": ro_port, "endpoint": db.read_only_endpoint}
     try:
         return ProxyConfig.model_validate(data)
     except ValidationError as exc:
@@ -311,7 +345,12 @@ def proxy_config(db: Database) -> ProxyConfig:
 
 
 def config_yaml(config: ProxyConfig) -> str:
-    return yaml.safe_dump(config.dump(), sort_keys=False, default_flow_style=False)
+    data = config.dump()
+    if data.get("readOnly") is None:
+        # Absent, not null: a Database without a reader renders the same file as before the
+        # field existed (no roll-out on upgrade, and older proxies still read it).
+        data.pop("readOnly", None)
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
 def config_map_data(
@@ -338,9 +377,15 @@ def config_map(db: Database, data: Mapping[str, str | None]) -> dict[str, Any]:
 
 
 def server_names(db: Database, cluster_domain: str) -> list[str]:
-    """The names clients reach the Service by, the first being the short one."""
-    base = f"{db.name}.{db.namespace}.svc"
-    return [db.name, f"{db.name}.{db.namespace}", base, f"{base}.{cluster_domain}"]
+    """The names clients reach the Service by, the first being the short one; then those
+    of the read-only Service `<db>-ro`, when there is one (one certificate serves both
+    listeners)."""
+    services = [db.name] + ([db.read_only_service_name] if db.read_only_endpoint else [])
+    names = []
+    for svc in services:
+        base = f"{svc}.{db.namespace}.svc"
+        names += [svc, f"{svc}.{db.namespace}", base, f"{base}.{cluster_domain}"]
+    return names
 
 
 def server_keypair(
@@ -624,6 +669,7 @@ def deployment(db: Database, settings: Settings, config_hash_value: str) -> dict
     image = proxy_image(db, settings)
     port = int(proxy.get("port", SERVICE_PORT))
     metrics_port = int(proxy.get("metricsPort", METRICS_PORT))
+    read_only_port = int(proxy.get("readOnlyPort", READ_ONLY_PORT))
     selector = db.selector()
     probe = {"periodSeconds": 10, "timeoutSeconds": 2, "failureThreshold": 3}
     container = {
@@ -633,6 +679,11 @@ def deployment(db: Database, settings: Settings, config_hash_value: str) -> dict
         "command": ["rdsgate-proxy", "--config", str(CONFIG_DIR / CONFIG_KEY)],
         "ports": [
             {"name": "postgres", "containerPort": port, "protocol": "TCP"},
+            *(
+                [{"name": "postgres-ro", "containerPort": read_only_port, "protocol": "TCP"}]
+                if db.read_only_endpoint
+                else []
+            ),
             {"name": "metrics", "containerPort": metrics_port, "protocol": "TCP"},
         ],
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"}, **probe},
@@ -731,6 +782,30 @@ def service(db: Database) -> dict[str, Any]:
     }
 
 
+def read_only_service(db: Database) -> dict[str, Any] | None:
+    """Service `<db>-ro` (port 5432 → the pods' read-only listener), with a reader; None
+    when the Database has no spec.readOnlyEndpoint (the operator deletes its own then)."""
+    if not db.read_only_endpoint:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _child_meta(db, db.read_only_service_name, "proxy"),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": db.selector(),
+            "ports": [
+                {
+                    "name": "postgres",
+                    "port": SERVICE_PORT,
+                    "targetPort": "postgres-ro",
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+
+
 def pod_disruption_budget(db: Database) -> dict[str, Any] | None:
     """One proxy may be down for maintenance at a time, when there is more than one."""
     if db.replicas <= 1:
@@ -769,8 +844,25 @@ def database_status(
         "readyReplicas": ready,
         "replicas": replicas,
     }
+    current_status = db.obj.get("status")
+    if db.read_only_endpoint:
+        fields["readOnlyServiceName"] = db.read_only_service_name
+    elif isinstance(current_status, Mapping) and "readOnlyServiceName" in current_status:
+        fields["readOnlyServiceName"] = None  # the reader was removed: so is the field
 
-    if deployment_obj is None:
+    gone_since = (db.meta.get("annotations") or {}).get(ANNOTATION_GONE_FROM_AWS)
+    if gone_since:
+        # The proxies keep serving meanwhile: the endpoint may only be renamed or re-tagged.
+        ready_cond = Condition(
+            "Ready",
+            "False",
+            "GoneFromAWS",
+            f"the RDS Proxy endpoint is no longer found by the DatabaseDiscovery that created "
+            f"this Database (since {gone_since}); it is deleted after the discovery's "
+            "deletionGracePeriod unless it comes back",
+            event="Warning",
+        )
+    elif deployment_obj is None:
         ready_cond = Condition(
             "Ready",
             "False",

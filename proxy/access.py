@@ -26,7 +26,7 @@ from pydantic import (
 )
 from pydantic_core import core_schema
 
-from .config import Model, format_validation_error, parse_yaml, read_file
+from .config import EndpointName, Model, format_validation_error, parse_yaml, read_file
 from .durations import Duration
 from .errors import ConfigError
 
@@ -129,6 +129,12 @@ class Rule(Model):
     databases: LabelSelector | None = None
     database_names: list[NamePattern] = Field(default_factory=list)
     database_users: list[NamePattern] = Field(default_factory=list)
+    #: Which listeners the rule is about: `read-write` (the Service `<db>`) and `read-only`
+    #: (`<db>-ro`). Omitted: both. In `deny` it scopes the rule like `databases` does.
+    endpoints: list[EndpointName] | None = Field(None, min_length=1)
+
+    def on_endpoint(self, endpoint: str) -> bool:
+        return self.endpoints is None or endpoint in self.endpoints
 
 
 class RoleOptions(Model):

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from .durations import Duration
@@ -95,6 +102,34 @@ class Upstream(Model):
         return value
 
 
+#: The two kinds of listener, as Roles (`allow.endpoints`) and audit lines (`endpoint`) name them.
+EndpointName = Literal["read-write", "read-only"]
+READ_WRITE: EndpointName = "read-write"
+READ_ONLY: EndpointName = "read-only"
+
+
+class ReadOnly(Model):
+    """A second listener whose sessions log in to an RDS Proxy read-only endpoint (Database
+    `spec.readOnlyEndpoint`). It shares `listen.address`, `upstream.tls` (but for the server
+    name), `upstream.connectTimeout`, `upstream.warm` and `limits` with the first."""
+
+    port: int = Field(5433, ge=1, le=65535)
+    endpoint: str = Field(pattern=ENDPOINT_PATTERN)
+    #: The name the reader's certificate is verified for; default: the endpoint's host
+    #: (never `upstream.tls.serverName`, which names the read-write endpoint).
+    server_name: str | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _port_in_range(cls, value: str) -> str:
+        return Upstream._port_in_range(value)
+
+    def upstream(self, writer: Upstream) -> Upstream:
+        """The reader's upstream: the writer's settings with this endpoint and server name."""
+        tls = writer.tls.model_copy(update={"server_name": self.server_name})
+        return writer.model_copy(update={"endpoint": self.endpoint, "tls": tls})
+
+
 class AWS(Model):
     region: str = Field(pattern=REGION_PATTERN)
     assume_role_arn: str | None = Field(None, pattern=ROLE_ARN_PATTERN)
@@ -126,6 +161,9 @@ class Limits(Model):
 
 class Audit(Model):
     queries: bool = True
+    #: Classify each statement for what makes RDS Proxy pin the session (`pinning.py`):
+    #: `rdsgate_pinning_statements_total`, `session.end`'s `pinned_by`, `/pinning`.
+    pinning: bool = True
     #: Longer statements are cut to this many bytes and marked `truncated`.
     max_query_bytes: int = Field(8192, ge=64)
     #: Audit lines waiting for a stdout nobody reads, at most; past it they are dropped
@@ -148,6 +186,19 @@ class ProxyConfig(Model):
     limits: Limits = Limits()
     audit: Audit = Audit()
     metrics: Metrics = Metrics()
+    #: The read-only listener; None: only the read-write one.
+    read_only: ReadOnly | None = None
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> ProxyConfig:
+        if self.read_only is None:
+            return self
+        port = self.read_only.port
+        if port == self.listen.port:
+            raise ValueError(f"readOnly.port {port} is listen.port too; give it its own port")
+        if port == self.metrics.port:
+            raise ValueError(f"readOnly.port {port} is metrics.port too; give it its own port")
+        return self
 
 
 def format_validation_error(exc: ValidationError) -> list[str]:

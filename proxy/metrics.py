@@ -2,7 +2,8 @@
 
 `/healthz` answers while the process runs; `/readyz` only when the TLS material, the access
 file and AWS credentials have loaded and the listener accepts (and not while draining); `/metrics` is
-prometheus-client's exposition; `/diagnose` the latest start-up/periodic checks as JSON.
+prometheus-client's exposition; `/diagnose` the latest start-up/periodic checks as JSON;
+`/pinning` the statements that made RDS Proxy pin sessions, per identity and reason.
 The HTTP server is prometheus-client's WSGI server in a daemon thread, so scrapes never
 wait on the event loop.
 """
@@ -17,6 +18,8 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
+
+from .pinning import PinningStats
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
@@ -93,6 +96,14 @@ class Metrics:
             "rdsgate_access_grants", "Grants in the access file in force", registry=r
         )
         self.ready = Gauge("rdsgate_ready", "1 when the proxy accepts sessions", registry=r)
+        self.pinning_statements = Counter(
+            "rdsgate_pinning_statements",
+            "Statements that make RDS Proxy pin the session to one database connection",
+            ["database", "reason"],
+            registry=r,
+        )
+        #: The same per identity, bounded, served at /pinning.
+        self.pinning = PinningStats()
         self.bytes_in = self.bytes.labels("client_to_upstream")
         self.bytes_out = self.bytes.labels("upstream_to_client")
 
@@ -145,6 +156,10 @@ def _app(metrics: Metrics, health: Health) -> WsgiApp:
             return _text(start_response, "503 Service Unavailable", "\n".join(reasons) + "\n")
         if path == "/diagnose":
             body = json.dumps({"findings": health.diagnosis}, indent=2) + "\n"
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [body.encode()]
+        if path == "/pinning":
+            body = json.dumps(metrics.pinning.snapshot(), indent=2) + "\n"
             start_response("200 OK", [("Content-Type", "application/json")])
             return [body.encode()]
         if path == "/metrics":

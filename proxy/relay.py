@@ -1,8 +1,9 @@
 """The data path after log-in: two protocols that move bytes between the legs.
 
 Backend traffic is copied without being looked at. Frontend traffic goes through a
-`wire.FrontendScanner` only when the session audits queries, which reads message
-headers and the SQL of Q and P messages. Backpressure: when one side's write buffer
+`wire.FrontendScanner` only when the session audits queries or classifies them for RDS
+Proxy pinning (`audit.pinning`), which reads message headers and the SQL of Q and P
+messages. Backpressure: when one side's write buffer
 fills, the protocol attached to it is told `pause_writing` and pauses reading the other
 side.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hmac
 import logging
 import os
@@ -20,6 +21,7 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -28,8 +30,8 @@ from .access import AccessPolicy, load_access, utcnow
 from .audit import AuditLog
 from .auth import expiry_message
 from .aws import TokenMinter
-from .config import ProxyConfig
-from .diagnose import Status, run_startup_checks_async
+from .config import READ_ONLY, READ_WRITE, EndpointName, ProxyConfig, Upstream
+from .diagnose import Finding, Options, Status, Target, diagnose, run_startup_checks_async
 from .durations import format_duration
 from .errors import ConfigError, ProxyError, SessionTerminated
 from .metrics import Health, Metrics
@@ -51,6 +53,20 @@ DIAGNOSE_INTERVAL = 300.0
 #: How often AWS credentials are checked while they work, and retried while they do not.
 CREDENTIALS_INTERVAL = 60.0
 CREDENTIALS_RETRY = 2.0
+
+
+@dataclass(eq=False)
+class Endpoint:
+    """One listener and the upstream its sessions log in to: the read-write one (Service
+    `<db>`, `upstream.endpoint`) and, with `readOnly`, the read-only one (`<db>-ro`)."""
+
+    name: EndpointName
+    port: int
+    upstream: Upstream
+    connector: UpstreamConnector
+    warm: WarmPool
+    listener: socket.socket | None = None
+    accepting: asyncio.Task[None] | None = None
 
 
 def _file_key(path: Path) -> tuple[int, int, int] | None:
@@ -83,11 +99,25 @@ class Server:
         self.server_context: ssl.SSLContext | None = None
         #: Whether OpenSSL keeps TLS records to clients within PostgreSQL's 8 KB.
         self.records_capped = True
-        self.connector = UpstreamConnector(
-            config.upstream, config.aws, upstream_context(config.upstream.tls), minter, metrics
-        )
-        self.warm = WarmPool(config.upstream.warm, self.connector.login, metrics)
-        self.connector.on_credentials_failure = self._credentials_failed
+        wanted: list[tuple[EndpointName, int, Upstream]] = [
+            (READ_WRITE, config.listen.port, config.upstream)
+        ]
+        if config.read_only is not None:
+            reader = config.read_only.upstream(config.upstream)
+            wanted.append((READ_ONLY, config.read_only.port, reader))
+        #: The listeners: read-write first. Each has its own connector (IAM auth tokens are
+        #: signed for the endpoint's host and port) and its own warm connections.
+        self.endpoints: list[Endpoint] = []
+        pools: list[WarmPool] = []
+        for name, port, upstream in wanted:
+            connector = UpstreamConnector(
+                upstream, config.aws, upstream_context(upstream.tls), minter, metrics
+            )
+            connector.on_credentials_failure = self._credentials_failed
+            warm = WarmPool(upstream.warm, connector.login, metrics, group=pools)
+            self.endpoints.append(Endpoint(name, port, upstream, connector, warm))
+        self.connector = self.endpoints[0].connector
+        self.warm = self.endpoints[0].warm
         self.reviewer = TokenReviewer()
         #: Set when a log-in could not sign a token, so readiness is re-checked at once.
         self._credentials_event = asyncio.Event()
@@ -97,7 +127,6 @@ class Server:
         self._per_identity: Counter[str] = Counter()
         #: Sessions by the process ID in their BackendKeyData, each with its secret key.
         self._cancel_keys: dict[int, list[tuple[bytes, Session]]] = {}
-        self._listener: socket.socket | None = None
         self._tasks: list[asyncio.Task[None]] = []
         #: CancelRequests on their way upstream for sessions that were cut
         self._cancels: set[asyncio.Task[None]] = set()
@@ -152,7 +181,8 @@ class Server:
             return False
         if self.policy is not None and policy.digest != self.policy.digest:
             # Nothing logged in ahead of time outlives the grants that asked for it.
-            self.warm.clear()
+            for endpoint in self.endpoints:
+                endpoint.warm.clear()
         self.policy = policy
         self.metrics.access_reloads.labels("ok").inc()
         self.metrics.access_grants.set(len(policy.file.grants))
@@ -275,7 +305,7 @@ class Server:
             log.info("cancel request for session %s: the upstream gave no key", session.id)
             return
         try:
-            await self.connector.cancel(session.upstream_key)
+            await session.endpoint.connector.cancel(session.upstream_key)
         except ProxyError as exc:
             log.warning("cancel request for session %s failed: %s", session.id, exc.message)
 
@@ -287,7 +317,7 @@ class Server:
 
     async def _cancel_upstream(self, session: Session, key: tuple[int, bytes]) -> None:
         try:
-            await self.connector.cancel(key)
+            await session.endpoint.connector.cancel(key)
         except ProxyError as exc:
             log.warning(
                 "cancelling the statement of session %s failed: %s", session.id, exc.message
@@ -320,7 +350,13 @@ class Server:
         else:
             assert session.db_user is not None and session.db_name is not None
             decision = authorize(
-                policy, grant, self.labels, session.db_user, session.db_name, utcnow()
+                policy,
+                grant,
+                self.labels,
+                session.db_user,
+                session.db_name,
+                utcnow(),
+                session.endpoint.name,
             )
             why = None if decision.allowed else decision.reason
         if why is not None:
@@ -336,7 +372,8 @@ class Server:
     def _sweep(self) -> None:
         """Idle timeouts and grant expiry, and warm connections' own; also publishes
         relayed byte counts."""
-        self.warm.sweep()
+        for endpoint in self.endpoints:
+            endpoint.warm.sweep()
         now_m = time.monotonic()
         idle_limit = self.config.limits.idle_timeout
         now = utcnow()
@@ -366,24 +403,27 @@ class Server:
     async def _sweeper(self) -> None:
         idle = self.config.limits.idle_timeout
         interval = min(1.0, idle / 4) if idle else 1.0
-        resolving: asyncio.Task[None] | None = None
+        resolving: dict[str, asyncio.Task[None]] = {}
         while True:
             await asyncio.sleep(interval)
             self._sweep()
-            if self.warm.idle_count and (resolving is None or resolving.done()):
-                # Off the sweep: a slow DNS answer must not hold back idle timeouts.
-                resolving = asyncio.create_task(self._follow_endpoint())
+            for endpoint in self.endpoints:
+                task = resolving.get(endpoint.name)
+                if endpoint.warm.idle_count and (task is None or task.done()):
+                    # Off the sweep: a slow DNS answer must not hold back idle timeouts.
+                    resolving[endpoint.name] = asyncio.create_task(self._follow_endpoint(endpoint))
 
-    async def _follow_endpoint(self) -> None:
+    async def _follow_endpoint(self, endpoint: Endpoint) -> None:
         """Warm connections follow the endpoint's DNS name: after a failover moves it, those
         to the old address are closed within a sweep, so no session is handed one."""
+        connector = endpoint.connector
         try:
-            async with asyncio.timeout(self.config.upstream.connect_timeout):
-                addresses = await self.connector.addresses()
+            async with asyncio.timeout(endpoint.upstream.connect_timeout):
+                addresses = await connector.addresses()
         except (OSError, TimeoutError) as exc:
-            log.info("could not resolve %s to check warm connections: %s", self.connector.host, exc)
+            log.info("could not resolve %s to check warm connections: %s", connector.host, exc)
             return
-        self.warm.keep_addresses(addresses)
+        endpoint.warm.keep_addresses(addresses)
 
     def _tls_files(self) -> list[Path]:
         tls = self.config.tls
@@ -421,6 +461,7 @@ class Server:
                 db_users=[login[0]] if login else [],
                 db_name=login[1] if login else "postgres",
             )
+            findings += await self._diagnose_readers()
             self.health.diagnosis = [f.to_dict() for f in findings]
             now_failing = {(f.check, f.reason) for f in findings if f.status is Status.FAIL}
             for f in findings:
@@ -428,6 +469,21 @@ class Server:
                     log.warning("check %s failed: %s\nfix: %s", f.check, f.summary, f.fix or "-")
             reported = now_failing
             await asyncio.sleep(DIAGNOSE_INTERVAL)
+
+    async def _diagnose_readers(self) -> list[Finding]:
+        """Reachability of the read-only endpoint (DNS, TCP, TLS): the same checks, and so the
+        same UpstreamReachable condition, as the read-write one. The credential and IAM
+        checks are the proxy's, whichever endpoint, and are not repeated."""
+        found: list[Finding] = []
+        for endpoint in self.endpoints[1:]:
+            target = Target(self.config.database, endpoint.upstream, self.config.aws)
+            options = Options(only=("endpoint-dns", "endpoint-tcp", "upstream-tls"))
+            findings = await asyncio.to_thread(diagnose, target, options)
+            found += [
+                dataclasses.replace(f, evidence={**f.evidence, "endpoint": endpoint.name})
+                for f in findings
+            ]
+        return found
 
     async def _credentials_loop(self) -> None:
         while True:
@@ -446,26 +502,40 @@ class Server:
         await self.check_credentials()
         listen = self.config.listen
         family = socket.AF_INET6 if ":" in listen.address else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((listen.address, listen.port))
-        sock.listen(1024)
-        sock.setblocking(False)
-        self._listener = sock
+        for endpoint in self.endpoints:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((listen.address, endpoint.port))
+                sock.listen(1024)
+            except OSError:
+                sock.close()
+                for started in self.endpoints:
+                    if started.listener is not None:
+                        started.listener.close()
+                raise
+            sock.setblocking(False)
+            endpoint.listener = sock
         self.health.set("listener", None)
-        for coro in (self._accept_loop(sock), self._sweeper(), self._watch_files()):
+        for endpoint in self.endpoints:
+            assert endpoint.listener is not None
+            endpoint.accepting = asyncio.create_task(self._accept_loop(endpoint.listener, endpoint))
+            self._tasks.append(endpoint.accepting)
+        for coro in (self._sweeper(), self._watch_files()):
             self._tasks.append(asyncio.create_task(coro))
         self._tasks.append(asyncio.create_task(self._credentials_loop()))
         self._tasks.append(asyncio.create_task(self._diagnose_loop()))
-        log.info(
-            "rdsgate-proxy for %s listening on %s:%d, upstream %s",
-            self.database_name,
-            listen.address,
-            listen.port,
-            self.config.upstream.endpoint,
-        )
+        for endpoint in self.endpoints:
+            log.info(
+                "rdsgate-proxy for %s listening on %s:%d (%s), upstream %s",
+                self.database_name,
+                listen.address,
+                endpoint.port,
+                endpoint.name,
+                endpoint.upstream.endpoint,
+            )
 
-    async def _accept_loop(self, sock: socket.socket) -> None:
+    async def _accept_loop(self, sock: socket.socket, endpoint: Endpoint) -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:
@@ -481,10 +551,10 @@ class Server:
                 # Far beyond the limit: not even worth a TLS handshake to say so.
                 conn.close()
                 continue
-            task = asyncio.create_task(self._handle(conn, peer))
+            task = asyncio.create_task(self._handle(conn, peer, endpoint))
             task.add_done_callback(_log_crash)
 
-    async def _handle(self, conn: socket.socket, peer: str) -> None:
+    async def _handle(self, conn: socket.socket, peer: str, endpoint: Endpoint) -> None:
         loop = asyncio.get_running_loop()
         startup = self.config.limits.startup_timeout
         try:
@@ -513,7 +583,7 @@ class Server:
             conn.close()
             failure = TLSHandshakeFailed(exc)
             self.metrics.auth_failures.labels(failure.reason).inc()
-            fields = Session.blank_fields(self.database_name, peer)
+            fields = Session.blank_fields(self.database_name, peer, endpoint=endpoint.name)
             self.audit.emit("auth.denied", dict(fields, reason=failure.message))
             return
         except (OSError, TimeoutError) as exc:
@@ -524,7 +594,7 @@ class Server:
             # Direct TLS without ALPN could be a confused non-Postgres client: refuse it.
             transport.close()
             return
-        session = Session(self, stream, peer)
+        session = Session(self, stream, peer, endpoint)
         self.sessions.add(session)
         self._no_sessions.clear()
         self.metrics.connections_active.set(len(self.sessions))
@@ -534,10 +604,12 @@ class Server:
     async def drain(self) -> None:
         """Stops accepting, lets sessions finish for drainTimeout, then ends the rest."""
         self.health.draining = True
-        await self.warm.close()
-        if self._listener is not None:
-            self._listener.close()
-        self._tasks[0].cancel()
+        for endpoint in self.endpoints:
+            await endpoint.warm.close()
+            if endpoint.listener is not None:
+                endpoint.listener.close()
+            if endpoint.accepting is not None:
+                endpoint.accepting.cancel()
         timeout = self.config.limits.drain_timeout
         log.info("draining %d sessions for up to %gs", len(self.sessions), timeout)
         with contextlib.suppress(TimeoutError):
@@ -552,7 +624,8 @@ class Server:
         self.audit.flush()
 
     async def stop(self) -> None:
-        await self.warm.close()
+        for endpoint in self.endpoints:
+            await endpoint.warm.close()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:

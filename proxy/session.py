@@ -16,7 +16,7 @@ import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import wire
+from . import pinning, wire
 from .access import utcnow
 from .audit import encode_fields
 from .auth import (
@@ -44,17 +44,23 @@ from .stream import ConnectionClosed, PacketStream, TLSHandshakeFailed
 from .tokenreview import looks_like_jwt
 
 if TYPE_CHECKING:
-    from .server import Server
+    from .server import Endpoint, Server
 
 #: How long a session being ended waits for the server to be between queries before it is
 #: cut without a goodbye.
 CLOSE_GRACE = 5.0
+#: How much of the first pinning statement `session.end`'s `pinned_by` keeps.
+PINNED_SQL_CHARS = 200
 
 
 class Session:
-    def __init__(self, server: Server, stream: PacketStream, client_addr: str) -> None:
+    def __init__(
+        self, server: Server, stream: PacketStream, client_addr: str, endpoint: Endpoint
+    ) -> None:
         self.server = server
         self.stream = stream
+        #: The listener the client came in on, and so the upstream it logs in to.
+        self.endpoint = endpoint
         self.id = secrets.token_hex(8)
         self.client_addr = client_addr
         self.identity: Identity | None = None
@@ -62,6 +68,10 @@ class Session:
         self.db_name: str | None = None
         self.options = SessionOptions()
         self.audit_queries = server.config.audit.queries
+        #: Statements are classified for RDS Proxy pinning (`audit.pinning`).
+        self.pinning = server.config.audit.pinning
+        #: The first pinning statement: its reason, and its text where queries are audited.
+        self.pinned_by: tuple[str, str | None] | None = None
         self.started = time.monotonic()
         self.task: asyncio.Task[None] | None = None
         self.closing: SessionTerminated | None = None
@@ -91,7 +101,9 @@ class Session:
     def fields(self) -> dict[str, Any]:
         """What every audit event of this session carries."""
         ident = self.identity
-        fields = self.blank_fields(self.server.database_name, self.client_addr, self.id)
+        fields = self.blank_fields(
+            self.server.database_name, self.client_addr, self.id, endpoint=self.endpoint.name
+        )
         fields.update(
             identity=ident.name if ident else None,
             requested_by=ident.grant.requested_by if ident else None,
@@ -110,12 +122,17 @@ class Session:
 
     @staticmethod
     def blank_fields(
-        database: str, client_addr: str, session_id: str | None = None
+        database: str,
+        client_addr: str,
+        session_id: str | None = None,
+        *,
+        endpoint: str = "read-write",
     ) -> dict[str, Any]:
         """The audit fields of a connection refused before anything about it is known."""
         return {
             "session_id": session_id or secrets.token_hex(8),
             "database": database,
+            "endpoint": endpoint,
             "identity": None,
             "requested_by": None,
             "auth_method": None,
@@ -125,6 +142,12 @@ class Session:
         }
 
     def audit_statements(self, statements: list[wire.Statement]) -> None:
+        if self.pinning:
+            classify = pinning.classify
+            for st in statements:
+                reason = classify(st)
+                if reason is not None:
+                    self._pinned(reason, st)
         if not self.audit_queries:
             return
         if self._audit_fields is None:
@@ -132,6 +155,16 @@ class Session:
         query = self.server.audit.query
         for st in statements:
             query(self._audit_fields, st.kind, st.sql, st.truncated)
+
+    def _pinned(self, reason: str, st: wire.Statement) -> None:
+        """A statement that makes RDS Proxy pin this session: counted per reason and per
+        identity; the first is kept for `session.end`, its text only where this session's
+        queries are audited (a Role's `auditQueries: false` keeps SQL out of the trail)."""
+        server = self.server
+        server.metrics.pinning_statements.labels(server.database_name, reason).inc()
+        server.metrics.pinning.add(self.identity.name if self.identity else "", reason)
+        if self.pinned_by is None:
+            self.pinned_by = (reason, st.sql[:PINNED_SQL_CHARS] if self.audit_queries else None)
 
     # ------------------------------------------------------------------------------------
     # start-up
@@ -153,10 +186,11 @@ class Session:
                 ) from None
             self._authorize()
             server.session_logged_in(self)
-            upstream = server.warm.take(params)
+            warm = self.endpoint.warm
+            upstream = warm.take(params)
             if upstream is None:
-                upstream = await server.connector.login(params)
-                server.warm.logged_in(params)
+                upstream = await self.endpoint.connector.login(params)
+                warm.logged_in(params)
             self._start_relay(upstream.stream, upstream.greeting, upstream.backend_key)
         except ProxyError as exc:
             self._fail(exc)
@@ -270,14 +304,17 @@ class Session:
         policy = server.policy
         assert ident is not None and policy is not None
         assert self.db_user is not None and self.db_name is not None
+        endpoint = self.endpoint.name
         decision = authorize(
-            policy, ident.grant, server.labels, self.db_user, self.db_name, utcnow()
+            policy, ident.grant, server.labels, self.db_user, self.db_name, utcnow(), endpoint
         )
         if not decision.allowed:
+            # Which listener matters only where there are two.
+            where = f" ({endpoint})" if len(server.endpoints) > 1 else ""
             raise AccessDenied(
                 f"access denied: {ident.name} may not log in as database user "
                 f"{self.db_user!r} to database {self.db_name!r} on "
-                f"{server.database_name}: {decision.reason}"
+                f"{server.database_name}{where}: {decision.reason}"
             )
         self.options = decision.options
         self.policy_seen = policy
@@ -315,7 +352,7 @@ class Session:
         greeting.insert(len(greeting) - 1, wire.backend_key_data(*self.cancel_key))
         scanner = (
             wire.FrontendScanner(server.config.audit.max_query_bytes)
-            if self.audit_queries
+            if self.audit_queries or self.pinning
             else None
         )
         write = (
@@ -422,7 +459,7 @@ class Session:
         away): the client hears it at once as a FATAL naming the upstream (`08006`), unless
         the last thing relayed was already the server's own FATAL (`57P01` ...)."""
         assert self.upstream_leg is not None and self._client_t is not None
-        where = self.server.config.upstream.endpoint
+        where = self.endpoint.upstream.endpoint
         said = wire.trailing_fatal(self.upstream_leg.tail)
         if said is not None:
             self.closing = SessionTerminated(
@@ -510,5 +547,9 @@ class Session:
             )
             if error:
                 fields["error"] = error
+            pinned = self.pinned_by
+            fields["pinned_by"] = (
+                None if pinned is None else {"reason": pinned[0], "statement": pinned[1]}
+            )
             server.audit.emit("session.end", fields)
         server.session_ended(self, reason)

@@ -75,7 +75,9 @@ class WarmPool:
         login: Callable[[dict[str, str]], Coroutine[Any, Any, UpstreamSession]],
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
+        group: list[WarmPool] | None = None,
     ) -> None:
+        """`group`: the pools of one process (one per endpoint), which share the gauge."""
         self.config = config
         self._login = login
         self._metrics = metrics
@@ -86,6 +88,10 @@ class WarmPool:
         self._wanted: dict[Key, float] = {}
         self._failed: dict[Key, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Usable idle connections when last published.
+        self.usable = 0
+        self._group = group if group is not None else []
+        self._group.append(self)
 
     @property
     def enabled(self) -> bool:
@@ -97,7 +103,8 @@ class WarmPool:
 
     def _publish(self) -> None:
         """The gauge, set from the event loop (the metrics thread must not walk the pool)."""
-        self._metrics.warm_idle.set(sum(w.usable() for q in self._idle.values() for w in q))
+        self.usable = sum(w.usable() for q in self._idle.values() for w in q)
+        self._metrics.warm_idle.set(sum(pool.usable for pool in self._group))
 
     def take(self, params: dict[str, str]) -> UpstreamSession | None:
         """A logged-in upstream connection for exactly these parameters, or None (a miss);

@@ -23,6 +23,8 @@ CANCEL_REQUEST_CODE = 80877102
 MAX_STARTUP_PACKET = 10_000
 #: A cap on typed messages rdsgate reads whole (password, errors, startup replies).
 MAX_MESSAGE = 1 << 20
+#: Statement text over this many bytes makes RDS Proxy pin the session (`Statement.large`).
+LARGE_STATEMENT = 16 * 1024
 
 AUTH_OK = 0
 AUTH_CLEARTEXT = 3
@@ -404,6 +406,10 @@ class Statement(NamedTuple):
     kind: str
     sql: str
     truncated: bool
+    #: A Parse with a non-empty statement name: a named prepared statement.
+    named: bool = False
+    #: The text is over `LARGE_STATEMENT` bytes (for a Parse, its parameter types included).
+    large: bool = False
 
 
 class FrontendScanner:
@@ -412,10 +418,21 @@ class FrontendScanner:
     It reads 5-byte headers and skips bodies without copying them, so COPY data and bind
     parameters cost one header look-up per message. Statement text is kept up to
     `max_sql` bytes. A Parse's statement name is skipped, not kept, whatever its length:
-    a long name must not push the SQL out of what the audit sees.
+    a long name must not push the SQL out of what the audit sees; only whether it was
+    empty is reported (`Statement.named`, for pinning insight).
     """
 
-    __slots__ = ("_capture", "_ctype", "_head", "_in_name", "_max_sql", "_need", "_skip")
+    __slots__ = (
+        "_capture",
+        "_ctype",
+        "_head",
+        "_in_name",
+        "_large",
+        "_max_sql",
+        "_named",
+        "_need",
+        "_skip",
+    )
 
     def __init__(self, max_sql: int = 8192) -> None:
         self._max_sql = max_sql
@@ -425,6 +442,8 @@ class FrontendScanner:
         self._ctype = 0
         self._in_name = False  # inside the statement name of the Parse being collected
         self._need = 0  # body bytes of the captured message still to come
+        self._named = False  # the Parse being collected has a statement name
+        self._large = False  # the statement being collected is over LARGE_STATEMENT
 
     def feed(self, data: bytes) -> list[Statement] | None:
         n = len(data)
@@ -436,7 +455,8 @@ class FrontendScanner:
             and int.from_bytes(data[1:5], "big") == n - 1
             and data.find(b"\x00", 5, n - 1) < 0
         ):
-            return [Statement("query", data[5:-1].decode("utf-8", "replace"), False)]
+            sql = data[5:-1].decode("utf-8", "replace")
+            return [Statement("query", sql, False, False, n - 6 > LARGE_STATEMENT)]
         pos = 0
         out: list[Statement] | None = None
         if self._skip:
@@ -452,7 +472,11 @@ class FrontendScanner:
                 nul = data.find(b"\x00", 0, take)
                 if nul >= 0:
                     self._in_name = False
+                    self._named = self._named or nul > 0
                     start = nul + 1
+                    self._large = self._need - start - 1 > LARGE_STATEMENT
+                else:
+                    self._named = self._named or take > 0
             room = self._max_sql + 1 - len(self._capture)
             if room > 0 and not self._in_name:
                 self._capture += data[start : min(take, start + room)]
@@ -460,7 +484,11 @@ class FrontendScanner:
             pos = take
             if self._need:
                 return None
-            out = [self._finish(self._ctype, bytes(self._capture), self._in_name)]
+            out = [
+                self._finish(
+                    self._ctype, bytes(self._capture), self._in_name, self._named, self._large
+                )
+            ]
             self._capture = None
         if self._head:
             data = self._head + data[pos:]
@@ -478,19 +506,24 @@ class FrontendScanner:
             end = pos + 1 + length
             if mtype == b"Q" or mtype == b"P":
                 start = body
-                in_name = False
+                in_name = named = False
                 if mtype == b"P":  # statement name, then the query
                     nul = data.find(b"\x00", body, min(end, n))
                     in_name = nul < 0
                     start = min(end, n) if in_name else nul + 1
+                    # Named if any byte of it is here (the name may run on to later chunks).
+                    named = (min(end, n) if in_name else nul) > body
+                large = not in_name and end - start - 1 > LARGE_STATEMENT
                 stop = min(end, n, start + self._max_sql + 1)
                 if end <= n:
                     if out is None:
                         out = []
-                    out.append(self._finish(mtype[0], data[start:stop], in_name))
+                    out.append(self._finish(mtype[0], data[start:stop], in_name, named, large))
                 else:
                     self._ctype = mtype[0]
                     self._in_name = in_name
+                    self._named = named
+                    self._large = large
                     self._capture = bytearray(data[start:stop])
                     self._need = end - n
                     return out
@@ -499,16 +532,17 @@ class FrontendScanner:
             self._skip = pos - n
         return out
 
-    def _finish(self, ctype: int, sql: bytes, in_name: bool) -> Statement:
+    def _finish(self, ctype: int, sql: bytes, in_name: bool, named: bool, large: bool) -> Statement:
         """`sql` is at most `max_sql` + 1 bytes from the start of the statement's text;
         `in_name`: a Parse ended inside its statement name (malformed: no SQL at all)."""
         kind = "parse" if ctype == 0x50 else "query"
         if in_name:
-            return Statement(kind, "", True)
+            return Statement(kind, "", True, named)
         end = sql.find(b"\x00")
         if end < 0:
-            return Statement(kind, sql[: self._max_sql].decode("utf-8", "replace"), True)
-        return Statement(kind, sql[:end].decode("utf-8", "replace"), False)
+            text = sql[: self._max_sql].decode("utf-8", "replace")
+            return Statement(kind, text, True, named, large)
+        return Statement(kind, sql[:end].decode("utf-8", "replace"), False, named, large)
 
 
 def ends_ready_for_query(chunk: bytes) -> bool:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerates the parts of README.md that other files own, so they never drift.
 
-- `<!-- BEGIN GENERATED: crd-reference -->`: every field of the three CRDs, from the
+- `<!-- BEGIN GENERATED: crd-reference -->`: every field of the four CRDs, from the
   `openAPIV3Schema` in deploy/crds/ (the single source of the resources' shape);
 - `<!-- BEGIN GENERATED: example PATH -->`: the file PATH (deploy/examples/...) verbatim,
   so the README shows exactly what the tests apply.
@@ -23,7 +23,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-CRDS = ["databases", "roles", "tokens"]
+CRDS = ["databases", "databasediscoveries", "roles", "tokens"]
 BLOCK = re.compile(
     r"(<!-- BEGIN GENERATED: (?P<what>[^>]+?) -->\n)(?P<body>.*?)(<!-- END GENERATED -->)", re.S
 )

@@ -362,6 +362,11 @@ def run_ls(args: argparse.Namespace) -> int:
                 "engine": spec.get("engine", "postgres"),
                 "endpoint": spec.get("endpoint"),
                 "service": f"{name_of(db)}.{ns}.svc:{SERVICE_PORT}",
+                "readOnlyService": (
+                    f"{name_of(db)}-ro.{ns}.svc:{SERVICE_PORT}"
+                    if spec.get("readOnlyEndpoint")
+                    else None
+                ),
                 "labels": labels_of(db),
                 "ready": {
                     "status": ready.get("status", "Unknown"),
@@ -369,6 +374,7 @@ def run_ls(args: argparse.Namespace) -> int:
                     "message": ready.get("message"),
                 },
                 "access": access_on(labels_of(db), chosen),
+                "pinning": list((db.get("status") or {}).get("pinning") or []),
                 "tokens": [
                     {
                         "name": name_of(t),
@@ -423,6 +429,8 @@ def _print_table(
                 ready_text.append(f" ({ready['reason']})")
             if ready["message"]:
                 notes.append(f"{row['name']}: {ready['message']}")
+        if row["readOnlyService"]:
+            notes.append(f"{row['name']}: read-only endpoint served as {row['readOnlyService']}")
         access = row["access"]
         table.add_row(
             Text(row["name"]),
@@ -448,8 +456,34 @@ def _print_table(
     if tokens:
         out.print()
         out.print(_tokens_table(tokens))
+    pinned = [(row["name"], p) for row in rows for p in row["pinning"]]
+    if pinned:
+        out.print()
+        out.print(pinning_table(pinned))
     caption = f"Access for {s.caller.username} from {basis}: {', '.join(names) or 'no roles'}."
     out.print(Text(caption, style="dim"), soft_wrap=True)
+
+
+def pinning_table(pinned: Sequence[tuple[str, Mapping[str, Any]]]) -> Table:
+    """Who makes RDS Proxy pin sessions, and why (a Database's `status.pinning`): the
+    statements counted by its proxies since they started, most first."""
+    table = Table(
+        box=None,
+        pad_edge=False,
+        header_style="bold",
+        title="Pinning RDS Proxy sessions",
+        title_justify="left",
+    )
+    for column in ("DATABASE", "IDENTITY", "REASON", "STATEMENTS"):
+        table.add_column(column, overflow="fold")
+    for db_name, entry in pinned:
+        table.add_row(
+            Text(db_name),
+            Text(str(entry.get("identity", "?"))),
+            Text(str(entry.get("reason", "?"))),
+            Text(str(entry.get("statements", 0))),
+        )
+    return table
 
 
 def _tokens_table(tokens: list[tuple[str, dict[str, Any]]]) -> Table:

@@ -194,5 +194,18 @@ def run(args: argparse.Namespace) -> int:
         }
         print(json.dumps(out, indent=2, default=str))
     else:
-        render(findings, Console(highlight=False, width=max(120, Console().width)))
+        console = Console(highlight=False, width=max(120, Console().width))
+        render(findings, console)
+        if args.config is None:  # a Database: what its proxies saw pin RDS Proxy sessions
+            _render_pinning(args, console)
     return 1 if failed(findings) else 0
+
+
+def _render_pinning(args: argparse.Namespace, console: Console) -> None:
+    from .db import pinning_table
+
+    db, _ = load_database(args.database, args.namespace, args.context)
+    pinned = (db.get("status") or {}).get("pinning") or []
+    if pinned:
+        console.print()
+        console.print(pinning_table([(str(args.database), p) for p in pinned]))

@@ -84,7 +84,7 @@ def test_the_aggregated_roles_are_as_designed(chart: list[dict[str, Any]]) -> No
     assert rules["view"] == [
         {
             "apiGroups": [RDSGATE],
-            "resources": ["databases", "roles", "tokens"],
+            "resources": ["databases", "databasediscoveries", "roles", "tokens"],
             "verbs": ["get", "list", "watch"],
         }
     ]
@@ -99,7 +99,7 @@ def test_the_aggregated_roles_are_as_designed(chart: list[dict[str, Any]]) -> No
     assert rules["admin"] == [
         {
             "apiGroups": [RDSGATE],
-            "resources": ["databases", "roles"],
+            "resources": ["databases", "databasediscoveries", "roles"],
             "verbs": ["create", "update", "patch", "delete", "deletecollection"],
         },
         {"apiGroups": [RDSGATE], "resources": ["roles"], "verbs": ["bind", "approve"]},
@@ -142,13 +142,13 @@ def test_the_aggregated_roles_follow_the_release_and_can_be_left_out() -> None:
 
 READ = [
     (verb, resource)
-    for resource in ("databases", "roles", "tokens")
+    for resource in ("databases", "databasediscoveries", "roles", "tokens")
     for verb in ("get", "list", "watch")
 ]
 TOKENS = [(verb, "tokens") for verb in ("create", "update", "patch", "delete", "deletecollection")]
 ADMIN = [
     (verb, resource)
-    for resource in ("databases", "roles")
+    for resource in ("databases", "databasediscoveries", "roles")
     for verb in ("create", "update", "patch", "delete", "deletecollection")
 ]
 
@@ -178,7 +178,12 @@ def test_binding_kubernetes_view_edit_admin(chart: list[dict[str, Any]]) -> None
                 got = may(docs, user, [], verb, "roles", SHOP, role, RDSGATE)
                 assert got == (verb in role_verbs[user]), (user, verb, role)
                 assert not may(docs, user, [], verb, "roles", ELSEWHERE, role, RDSGATE)
-        for status in ("databases/status", "roles/status", "tokens/status"):
+        for status in (
+            "databases/status",
+            "databasediscoveries/status",
+            "roles/status",
+            "tokens/status",
+        ):
             assert not may(docs, user, [], "patch", status, SHOP, "x", RDSGATE)
 
 

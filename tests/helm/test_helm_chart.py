@@ -172,6 +172,7 @@ def test_default_values(rendered: dict[str, list[dict[str, Any]]]) -> None:
         ("ClusterRole", "rdsgate-view"),
         ("ClusterRoleBinding", "rdsgate-operator"),
         ("ClusterRoleBinding", "rdsgate-proxy-tokenreview"),
+        ("CustomResourceDefinition", "databasediscoveries.rdsgate.dev"),
         ("CustomResourceDefinition", "databases.rdsgate.dev"),
         ("CustomResourceDefinition", "roles.rdsgate.dev"),
         ("CustomResourceDefinition", "tokens.rdsgate.dev"),
@@ -591,7 +592,7 @@ def test_the_chart_crds_are_deploy_crds() -> None:
     assert link.is_symlink(), "the chart's crds/ must link to deploy/crds, not copy it"
     assert link.resolve() == CRD_DIR.resolve()
     assert os.readlink(link) == "../../crds"  # relative: works in any checkout
-    assert len(crd_files()) == 3
+    assert len(crd_files()) == 4
 
     # What helm installs from the chart directory is those files.
     installed = objects(render({}, "--include-crds"), "CustomResourceDefinition")

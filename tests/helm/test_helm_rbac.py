@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import os
 import socket
 import urllib.request
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ import kmock
 import pytest
 import yaml
 
+from rdsgate.lab.aws import AwsLab
 from tests.fixtures.k8s import (
     EXAMPLES_DIR,
     Api,
@@ -141,7 +143,7 @@ def condition(api: Api, kind: str, ns: str, name: str, type_: str) -> dict[str, 
     return Api.condition(api.get(kind, ns, name), type_)
 
 
-def scenario(api: Api, op: OperatorProcess, binding: str, health_url: str) -> None:
+def scenario(api: Api, op: OperatorProcess, binding: str, health_url: str, aws: AwsLab) -> None:
     """Everything the operator does, once: the calls it makes are the RBAC it needs."""
     ns = WATCHED[0]
     w = partial(wait_for, diagnostics=op.tail)
@@ -311,8 +313,35 @@ def scenario(api: Api, op: OperatorProcess, binding: str, health_url: str) -> No
     w(lambda: api.get("Token", ns, "orders-app") is None, "the Token to go")
     w(lambda: subjects() == [], "the binding to lose its subjects")
 
+    # DatabaseDiscovery: a Database created for an RDS Proxy in the lab's AWS, then deleted
+    # once the proxy is gone from AWS for the grace period.
+    tag = os.urandom(3).hex()
+    proxy = aws.create_db_proxy(
+        f"found-{tag}",
+        [aws.create_secret(f"found-{tag}-login", "app", "pw")],
+        tags={"rbac-test": tag},
+    )
+    api.create(
+        {
+            "apiVersion": "rdsgate.dev/v1alpha1",
+            "kind": "DatabaseDiscovery",
+            "metadata": {"name": "found", "namespace": ns},
+            "spec": {
+                "aws": {"regions": [aws.region]},
+                "match": {"tags": {"rbac-test": tag}},
+                "interval": "1s",
+                "deletionGracePeriod": "1s",
+            },
+        }
+    )
+    w(partial(api.get, "Database", ns, proxy.name), "the discovered Database")
+    aws.client("rds").delete_db_proxy(DBProxyName=proxy.name)
+    w(lambda: api.get("Database", ns, proxy.name) is None, "the discovered Database to go")
+    api.delete("DatabaseDiscovery", ns, "found")
+    w(lambda: api.get("DatabaseDiscovery", ns, "found") is None, "the discovery to go")
 
-def run_operator(tmp_path: Path, values: Mapping[str, Any]) -> Run:
+
+def run_operator(tmp_path: Path, values: Mapping[str, Any], aws: AwsLab) -> Run:
     """Render the chart, start the operator as it configures it, run the scenario."""
     docs = render(values)
     server = ApiServer().start()
@@ -334,10 +363,10 @@ def run_operator(tmp_path: Path, values: Mapping[str, Any]) -> Run:
             "127.0.0.1",
             webhook_port,
         )
-        env = operator_environment(docs, port, webhook_port)
+        env = operator_environment(docs, port, webhook_port) | aws.env(aws.admin.credentials)
         op = start_operator(server, tmp_path / "operator", environment=env)
         try:
-            scenario(api, op, binding["metadata"]["name"], f"http://127.0.0.1:{port}/healthz")
+            scenario(api, op, binding["metadata"]["name"], f"http://127.0.0.1:{port}/healthz", aws)
         finally:
             op.stop()
         calls = [c for c in server.emulator.calls if c.user == USER]
@@ -351,14 +380,14 @@ FAST = {"operator": {"resyncInterval": 1, "diagnoseInterval": 1}}
 
 
 @pytest.fixture(scope="module")
-def clusterwide(tmp_path_factory: pytest.TempPathFactory) -> Run:
-    return run_operator(tmp_path_factory.mktemp("clusterwide"), FAST)
+def clusterwide(tmp_path_factory: pytest.TempPathFactory, aws: AwsLab) -> Run:
+    return run_operator(tmp_path_factory.mktemp("clusterwide"), FAST, aws)
 
 
 @pytest.fixture(scope="module")
-def namespaced(tmp_path_factory: pytest.TempPathFactory) -> Run:
+def namespaced(tmp_path_factory: pytest.TempPathFactory, aws: AwsLab) -> Run:
     return run_operator(
-        tmp_path_factory.mktemp("namespaced"), {**FAST, "watchNamespaces": list(WATCHED)}
+        tmp_path_factory.mktemp("namespaced"), {**FAST, "watchNamespaces": list(WATCHED)}, aws
     )
 
 

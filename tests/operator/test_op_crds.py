@@ -58,9 +58,14 @@ def with_defaults(value: Any, node: dict[str, Any]) -> Any:
 
 
 def test_three_crds_with_names_categories_and_status() -> None:
-    assert set(CRDS) == {"Database", "Role", "Token"}
+    assert set(CRDS) == {"Database", "DatabaseDiscovery", "Role", "Token"}
     short = {kind: crd["spec"]["names"]["shortNames"] for kind, crd in CRDS.items()}
-    assert short == {"Database": ["rdsdb"], "Role": ["rdsrole"], "Token": ["rdstoken"]}
+    assert short == {
+        "Database": ["rdsdb"],
+        "DatabaseDiscovery": ["rdsdisc"],
+        "Role": ["rdsrole"],
+        "Token": ["rdstoken"],
+    }
     for kind, crd in CRDS.items():
         spec = crd["spec"]
         assert crd["metadata"]["name"] == f"{spec['names']['plural']}.rdsgate.dev"
@@ -98,6 +103,10 @@ def test_printer_columns() -> None:
     assert columns["Token"]["Subject"] == ".status.subject"
     assert columns["Token"]["Expires"] == ".status.expiresAt"
     assert columns["Token"]["Ready"] == ready
+    assert columns["DatabaseDiscovery"]["Found"] == ".status.found"
+    assert columns["DatabaseDiscovery"]["Databases"] == ".status.databases"
+    assert columns["DatabaseDiscovery"]["Last Sync"] == ".status.lastSyncTime"
+    assert columns["DatabaseDiscovery"]["Ready"] == ready
 
 
 def test_crds_are_valid_kubernetes_objects() -> None:

@@ -79,7 +79,7 @@ def test_scanner_reports_simple_and_extended_statements() -> None:
     scanner = wire.FrontendScanner()
     assert scanner.feed(data) == [
         wire.Statement("query", "select 1", False),
-        wire.Statement("parse", "select $1", False),
+        wire.Statement("parse", "select $1", False, named=True),
     ]
 
 
@@ -113,14 +113,14 @@ def test_a_long_statement_name_never_hides_the_sql(chunk: int) -> None:
         out += scanner.feed(data[i : i + chunk]) or []
     assert out == [
         wire.Statement("query", "select 1", False),
-        wire.Statement("parse", "select secret()", False),
+        wire.Statement("parse", "select secret()", False, named=True),
     ]
 
 
 def test_a_parse_whose_name_never_ends_reports_no_sql() -> None:
     scanner = wire.FrontendScanner(max_sql=64)
     assert scanner.feed(wire.frame(wire.Message(b"P", b"n" * 100))) == [
-        wire.Statement("parse", "", True)
+        wire.Statement("parse", "", True, named=True)
     ]
 
 

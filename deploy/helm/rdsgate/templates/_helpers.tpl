@@ -126,15 +126,21 @@ any: true
 namespaces) or in a Role per watched namespace. Each is checked against the API calls the
 operator makes in tests/helm/test_helm_rbac.py: nothing missing, nothing extra. */}}
 {{- define "rdsgate.operatorRules" -}}
-# Its three resources: watched (kopf lists and watches them), read one at a time (a Role:
-# whether it requires approval, when a Token naming it is admitted), patched (kopf's
-# finalizer and its bookkeeping annotations prefixed rdsgate.dev/), and their status.
+# Its resources: watched (kopf lists and watches them), read one at a time (a Role:
+# whether it requires approval, when a Token naming it is admitted; a DatabaseDiscovery at
+# each round), patched (kopf's finalizer and its bookkeeping annotations prefixed
+# rdsgate.dev/), and their status.
 - apiGroups: [rdsgate.dev]
-  resources: [databases, roles, tokens]
+  resources: [databases, databasediscoveries, roles, tokens]
   verbs: [get, list, watch, patch]
 - apiGroups: [rdsgate.dev]
-  resources: [databases/status, roles/status, tokens/status]
+  resources: [databases/status, databasediscoveries/status, roles/status, tokens/status]
   verbs: [patch]
+# DatabaseDiscovery creates a Database per RDS Proxy endpoint it finds, and deletes it once
+# the endpoint has been gone from AWS for the grace period (only those it owns).
+- apiGroups: [rdsgate.dev]
+  resources: [databases]
+  verbs: [create, delete]
 # The children of a Database it watches for drift repair (a label-selected watch: kopf lists
 # and watches them), and the Token Secrets: read, created, merge-patched; never deleted by
 # the operator (the garbage collector removes them with their owner).
