@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 NODE_COMPAT := tests/compat/node
 
-.PHONY: demo test lint typecheck unit bench bench-control-plane fuzz soak load clean system-deps helm node-deps node-tools
+.PHONY: demo test lint typecheck unit bench bench-control-plane bench-pinning fuzz soak load clean system-deps helm node-deps node-tools
 
 $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) and installing rdsgate with its test and bench extras"
@@ -75,6 +75,10 @@ load: $(STAMP)
 # a proxy loading and reloading an access file of 10,000 grants.
 bench-control-plane: $(STAMP)
 	@$(BIN)/python bench/control_plane.py $(BENCH_ARGS)
+
+# The pinning classifier alone, ns per statement on pgbench -S and on a mixed stream.
+bench-pinning: $(STAMP)
+	@$(BIN)/python -m bench.pinning_cost $(BENCH_ARGS)
 
 # Generated inputs through the start-up parser, the frontend scanner and the file loaders
 # (10^6 per wire target), then a running proxy fed malformed start-ups over TLS.

@@ -395,6 +395,7 @@ def start_rdsgate(
     aws_env: Mapping[str, str],
     name: str = "rdsgate",
     audit_queries: bool = True,
+    pinning: bool = True,
     limits: Mapping[str, Any] | None = None,
     access_doc: Mapping[str, Any] | None = None,
 ) -> Rdsgate:
@@ -421,7 +422,7 @@ def start_rdsgate(
         "access": {"file": str(access.path("access.yaml"))},
         # Only shutdown is shortened; everything on the data path keeps its default.
         "limits": {"drainTimeout": "2s", **(limits or {})},
-        "audit": {"queries": audit_queries},
+        "audit": {"queries": audit_queries, "pinning": pinning},
         "metrics": {"address": HOST, "port": metrics_port},
     }
     config_path = directory / "config.yaml"

@@ -226,6 +226,7 @@ def start_rdsgate(
     secret: str,
     *,
     audit_queries: bool = True,
+    pinning: bool = True,
 ) -> Target:
     """rdsgate-proxy pointed at PostgreSQL directly; static fake AWS keys sign IAM tokens
     locally (`trust` ignores them)."""
@@ -238,6 +239,7 @@ def start_rdsgate(
         aws={"region": "eu-west-1"},
         aws_env=STATIC_AWS_ENV,
         audit_queries=audit_queries,
+        pinning=pinning,
     )
     return Target("rdsgate", proxy.port, secret, proxy.service)
 
@@ -400,6 +402,8 @@ class Results:
     clients: list[int]
     #: whether rdsgate audited every query (the default) or ran with audit.queries=false
     audit_queries: bool = True
+    #: whether rdsgate classified statements for RDS Proxy pinning (the default)
+    pinning: bool = True
     tps: dict[str, dict[int, float]] = field(default_factory=dict)
     connect_rate: dict[str, float] = field(default_factory=dict)
     copy_mb_s: dict[str, float] = field(default_factory=dict)
@@ -431,6 +435,7 @@ class Results:
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
+            "pinning_classified": self.pinning,
             "tps": {t: {str(c): round(v, 1) for c, v in self.tps[t].items()} for t in self.tps},
             "connect_rate": {t: round(v, 1) for t, v in self.connect_rate.items()},
             "copy_mb_s": {t: round(v, 1) for t, v in self.copy_mb_s.items()},
@@ -731,6 +736,7 @@ def render(
 ) -> None:
     cols = [f"c={c}" for c in results.clients]
     audit = "every query audited" if args.audit_queries else "audit.queries=false"
+    audit += ", pinning classified" if args.pinning else ", audit.pinning=false"
     table = Table(
         title=(
             f"pgbench -S -n (select-only), scale {args.scale}, {args.duration} s per point, "
@@ -975,6 +981,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "(the default measures the default: every query audited)",
     )
     p.add_argument(
+        "--no-pinning",
+        dest="pinning",
+        action="store_false",
+        help="run rdsgate with audit.pinning=false, to see what classifying statements for "
+        "RDS Proxy pinning costs (the default classifies them)",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help=f"py-spy rdsgate-proxy during extra c={PROFILE_CLIENTS} runs (into bench/results/)",
@@ -1183,7 +1196,12 @@ def measure(
     args: argparse.Namespace, tools: Tools, say: Console
 ) -> tuple[Results, dict[str, Any], Profile | None]:
     """Starts everything, runs the points, stops everything; returns what was measured."""
-    results = Results(list(args.targets), list(args.clients), audit_queries=args.audit_queries)
+    results = Results(
+        list(args.targets),
+        list(args.clients),
+        audit_queries=args.audit_queries,
+        pinning=args.pinning,
+    )
     load_before = _load()
     work = Path(tempfile.mkdtemp(prefix="rdsgate-bench-"))
     work.chmod(0o755)  # pgbouncer runs as postgres and must reach its own subdirectory
@@ -1221,7 +1239,13 @@ def measure(
             if "rdsgate" in args.targets:
                 with say.status("Starting rdsgate-proxy (waiting for /readyz)"):
                     targets["rdsgate"] = start_rdsgate(
-                        stack, work, ca, pg, secret, audit_queries=args.audit_queries
+                        stack,
+                        work,
+                        ca,
+                        pg,
+                        secret,
+                        audit_queries=args.audit_queries,
+                        pinning=args.pinning,
                     )
                 say.print(f"[green]✓[/] rdsgate-proxy on {HOST}:{targets['rdsgate'].port}")
             with say.status("Checking a query through each target"):

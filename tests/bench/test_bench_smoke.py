@@ -71,6 +71,7 @@ def test_a_quick_run_measures_every_target_and_cleans_up() -> None:
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)  # fails if anything but the JSON reached stdout
     assert set(doc) == {
+        "pinning_classified",
         "tps",
         "connect_rate",
         "copy_mb_s",
@@ -85,6 +86,7 @@ def test_a_quick_run_measures_every_target_and_cleans_up() -> None:
         "idle_rss_baseline_mib",
         "machine",
     }
+    assert doc["pinning_classified"] is True  # the default, as a user runs it
     assert set(doc["tps"]) == TARGETS
     for target, by_clients in doc["tps"].items():
         assert set(by_clients) == {"1"}, target
