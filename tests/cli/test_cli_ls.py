@@ -112,3 +112,30 @@ def test_ls_json_and_yaml_follow_the_callers_tokens(
     unknown = erin.main("db", "ls", "--role", "nope")
     assert unknown.code == 3
     assert f"Role {world.ns}/nope not found (Roles in {world.ns}: app-rw, readonly)" in unknown.err
+
+
+def test_ls_shows_who_makes_rds_proxy_pin_sessions(world: World, person: MakePerson) -> None:
+    """The operator sums the proxies' /pinning into `status.pinning` (tested in
+    tests/proxy/test_pinning.py); `db ls` shows it as a table, and in its JSON rows. billing
+    has no proxy pod, so no diagnosis pass rewrites what is written here."""
+    pinning = [
+        {"identity": f"{world.ns}/orders-app", "reason": "named_statement", "statements": 1250},
+        {"identity": f"{world.ns}/batch", "reason": "set", "statements": 12},
+    ]
+    world.api.patch("Database", world.ns, BILLING, {"status": {"pinning": pinning}}, "status")
+    try:
+        frank = person("frank")
+        result = frank.main("db", "ls")
+        assert result.code == 0, result.err
+        lines = [line.split() for line in result.out.splitlines()]
+        at = lines.index(["Pinning", "RDS", "Proxy", "sessions"])
+        assert lines[at + 1 : at + 4] == [
+            ["DATABASE", "IDENTITY", "REASON", "STATEMENTS"],
+            [BILLING, f"{world.ns}/orders-app", "named_statement", "1250"],
+            [BILLING, f"{world.ns}/batch", "set", "12"],
+        ]
+        doc = json.loads(frank.main("db", "ls", "-o", "json").out)
+        dbs = {d["name"]: d for d in doc["databases"]}
+        assert dbs[BILLING]["pinning"] == pinning
+    finally:
+        world.api.patch("Database", world.ns, BILLING, {"status": {"pinning": None}}, "status")
