@@ -237,10 +237,15 @@ class Session:
                     raise ProtocolViolation("GSSENCRequest received inside TLS")
                 stream.write(b"N")
             elif isinstance(packet, wire.CancelRequest):
-                # Like the postmaster: close at once (libpq waits for it), then act.
-                stream.close()
-                self._end("cancel request")
-                await server.cancel(packet)
+                # Like the postmaster: act, then close. Clients take the close as "the
+                # cancel is delivered" (libpq's PQcancel, asyncpg wait for it): closing
+                # first would let their next query reach the server before the cancel,
+                # and be the one cancelled.
+                try:
+                    await server.cancel(packet)
+                finally:
+                    stream.close()
+                    self._end("cancel request")
                 return None
             else:
                 if not tls:
