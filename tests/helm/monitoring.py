@@ -1,5 +1,6 @@
-"""JSON schemas for the Prometheus Operator objects the chart renders (PodMonitor and
-ServiceMonitor, monitoring.coreos.com/v1), which kubernetes-validate does not know.
+"""JSON schemas for the Prometheus Operator objects the chart renders (PodMonitor,
+ServiceMonitor and PrometheusRule, monitoring.coreos.com/v1), which kubernetes-validate does
+not know.
 
 Written from the Prometheus Operator's API reference for the fields the chart uses, closed
 with `additionalProperties: false` so a misspelt field fails here instead of being dropped
@@ -140,7 +141,60 @@ def _monitor(kind: str, endpoints_key: str) -> dict[str, Any]:
     }
 
 
+#: PrometheusRule, from the prometheus-operator project's CRD
+#: (example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml, operator 0.82.2),
+#: trimmed to the fields the chart uses and closed the same way. The CRD also makes
+#: `groups` a list-map keyed by name (no two groups of one name), checked by the tests.
+RULE: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["expr"],
+    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+    "properties": {
+        "alert": {"type": "string", "pattern": r"^[a-zA-Z_][a-zA-Z0-9_]*$"},
+        "record": {"type": "string", "pattern": r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"},
+        "expr": {"anyOf": [{"type": "integer"}, {"type": "string", "minLength": 1}]},
+        "for": DURATION,
+        "keep_firing_for": DURATION,
+        "labels": STRING_MAP,
+        "annotations": STRING_MAP,
+    },
+}
+PROMETHEUS_RULE: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": METADATA,
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["groups"],
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name", "rules"],
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "interval": DURATION,
+                            "limit": {"type": "integer"},
+                            "rules": {"type": "array", "minItems": 1, "items": RULE},
+                        },
+                    },
+                }
+            },
+        },
+    },
+}
+
 SCHEMAS: dict[str, dict[str, Any]] = {
     "PodMonitor": _monitor("PodMonitor", "podMetricsEndpoints"),
     "ServiceMonitor": _monitor("ServiceMonitor", "endpoints"),
+    "PrometheusRule": PROMETHEUS_RULE,
 }

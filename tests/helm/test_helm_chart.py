@@ -203,7 +203,9 @@ def test_default_values(rendered: dict[str, list[dict[str, Any]]]) -> None:
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     container = operator_container(docs)
-    assert container["image"] == "ghcr.io/rdsgate/rdsgate:0.1.0"
+    # The tag is the chart's appVersion: the project's one version (scripts/set-version).
+    release = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert container["image"] == f"ghcr.io/rdsgate/rdsgate:{release}"
     assert container["command"] == ["rdsgate-operator"]
     assert "args" not in container
     assert container["securityContext"] == {

@@ -3,9 +3,10 @@
 The real `rdsgate-operator` process runs against the Kubernetes API emulator with the
 environment the chart's Deployment gives it, through a scenario that reaches every API call
 it makes: Databases, Roles and Tokens created, updated (IRSA role changed, a named
-ServiceAccount, replicas down to 1, a cert-manager issuer set, changed and removed), drift
-repaired, a Token's ttl elapsing, deletion. The emulator records each request as the API
-server's authorizer sees it (verb, group, resource, subresource, namespace, name); then
+ServiceAccount, replicas down to 1, a cert-manager issuer set, changed and removed,
+autoscaling on and off), drift repaired (an HPA too), a Token's ttl elapsing, deletion. The
+emulator records each request as the API server's authorizer sees it (verb, group,
+resource, subresource, namespace, name); then
 
 - every request the operator made is allowed by the rules the chart binds to its
   ServiceAccount (Role rules only in their namespace), discovery URLs aside;
@@ -169,12 +170,17 @@ def scenario(api: Api, op: OperatorProcess, binding: str, health_url: str, aws: 
     w(ca_bundles, "the caBundle of both webhook configurations")
 
     # Create: a Database with IRSA (generated ServiceAccount, PDB), one with a cert-manager
-    # issuer, a Role, a secret Token with a ttl and a ServiceAccount Token.
+    # issuer and autoscaling (an HPA), a Role, a secret Token with a ttl and a ServiceAccount
+    # Token.
     api.create({"kind": "ServiceAccount", "metadata": {"name": "orders-own", "namespace": ns}})
     api.create(example("database.yaml", ns))
     billing = example("database.yaml", ns)
     billing["metadata"]["name"] = "billing"
-    billing["spec"]["proxy"] = {"replicas": 1, "issuerRef": {"name": "ca", "kind": "Issuer"}}
+    billing["spec"]["proxy"] = {
+        "replicas": 1,
+        "issuerRef": {"name": "ca", "kind": "Issuer"},
+        "autoscaling": {"minReplicas": 1, "maxReplicas": 3},
+    }
     api.create(billing)
     api.create(example("role-app-rw.yaml", ns))
     api.create(example("token-orders-app.yaml", ns, ttl="4s"))
@@ -186,6 +192,7 @@ def scenario(api: Api, op: OperatorProcess, binding: str, health_url: str, aws: 
         ("Service", "orders"),
         ("Secret", "orders-app-db"),
         ("Deployment", "billing-rdsgate"),
+        ("HorizontalPodAutoscaler", "billing-rdsgate"),
     ]:
         w(partial(api.get, kind, ns, name), f"{kind} {name}")
     w(lambda: certificate(api, ns, "billing-rdsgate"), "billing's Certificate")
@@ -225,13 +232,15 @@ def scenario(api: Api, op: OperatorProcess, binding: str, health_url: str, aws: 
         "orders Ready",
     )
 
-    # Drift: a Service port and a PDB edited by hand, the ServiceAccount's annotation removed.
+    # Drift: a Service port, a PDB and an HPA edited by hand, the ServiceAccount's annotation
+    # removed.
     service = api.get("Service", ns, "orders")
     assert service is not None
     ports = copy.deepcopy(service["spec"]["ports"])
     ports[0]["port"] = 15432
     api.patch("Service", ns, "orders", {"spec": {"ports": ports}})
     api.patch("PodDisruptionBudget", ns, "orders-rdsgate", {"spec": {"maxUnavailable": 2}})
+    api.patch("HorizontalPodAutoscaler", ns, "billing-rdsgate", {"spec": {"maxReplicas": 9}})
     api.patch(
         "ServiceAccount",
         ns,
@@ -256,6 +265,15 @@ def scenario(api: Api, op: OperatorProcess, binding: str, health_url: str, aws: 
     )
     w(
         lambda: (
+            (api.get("HorizontalPodAutoscaler", ns, "billing-rdsgate") or {})
+            .get("spec", {})
+            .get("maxReplicas")
+            == 3
+        ),
+        "the HPA to come back (resync)",
+    )
+    w(
+        lambda: (
             "eks.amazonaws.com/role-arn"
             in ((api.get("ServiceAccount", ns, "orders-rdsgate") or {}).get("metadata") or {}).get(
                 "annotations", {}
@@ -265,7 +283,8 @@ def scenario(api: Api, op: OperatorProcess, binding: str, health_url: str, aws: 
     )
 
     # Updates: a named ServiceAccount (the generated one goes), one replica (the PDB goes),
-    # a new issuer (the Certificate is patched), then no issuer (the Certificate goes).
+    # a new issuer (the Certificate is patched), then no issuer (the Certificate goes), no
+    # autoscaling (the HPA goes).
     api.patch(
         "Database",
         ns,
@@ -295,6 +314,8 @@ def scenario(api: Api, op: OperatorProcess, binding: str, health_url: str, aws: 
     )
     api.patch("Database", ns, "billing", {"spec": {"proxy": {"issuerRef": None}}})
     w(lambda: certificate(api, ns, "billing-rdsgate") is None, "the Certificate to go")
+    api.patch("Database", ns, "billing", {"spec": {"proxy": {"autoscaling": None}}})
+    w(lambda: api.get("HorizontalPodAutoscaler", ns, "billing-rdsgate") is None, "the HPA to go")
 
     # The ttl elapses.
     w(

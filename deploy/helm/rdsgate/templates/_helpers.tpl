@@ -152,12 +152,15 @@ operator makes in tests/helm/test_helm_rbac.py: nothing missing, nothing extra. 
   verbs: [get, list, watch, create, patch]
 # Children that are not watched (repaired by the periodic resync), and deleted when no longer
 # wanted: the generated ServiceAccount when spec.proxy.serviceAccount.name is set, the PDB when
-# replicas drop to 1.
+# replicas drop to 1, the HorizontalPodAutoscaler when spec.proxy.autoscaling is removed.
 - apiGroups: [""]
   resources: [serviceaccounts]
   verbs: [get, create, patch, delete]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
+  verbs: [get, create, patch, delete]
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
   verbs: [get, create, patch, delete]
 # cert-manager Certificates (spec.proxy.issuerRef). `get` and `delete` are needed even without
 # cert-manager: every reconcile looks for a Certificate to prune and takes 404 for "none";
