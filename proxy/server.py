@@ -316,6 +316,13 @@ class Server:
         except ProxyError as exc:
             log.warning("cancel request for session %s failed: %s", session.id, exc.message)
 
+    def forward_cancel(self, request: wire.CancelRequest) -> asyncio.Task[None]:
+        """A client's CancelRequest on its way upstream, as a task of the server's own."""
+        task = asyncio.create_task(self.cancel(request))
+        self._cancels.add(task)
+        task.add_done_callback(self._cancels.discard)
+        return task
+
     def cancel_upstream(self, session: Session, key: tuple[int, bytes]) -> None:
         """Cancels what a session being cut still runs upstream, in the background."""
         task = asyncio.create_task(self._cancel_upstream(session, key))

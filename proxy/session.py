@@ -241,8 +241,10 @@ class Session:
                 # cancel is delivered" (libpq's PQcancel, asyncpg wait for it): closing
                 # first would let their next query reach the server before the cancel,
                 # and be the one cancelled.
+                # The forwarding is the server's task: a client that leaves first (libpq's
+                # plain PQcancel may) ends this session, not the cancel.
                 try:
-                    await server.cancel(packet)
+                    await asyncio.shield(server.forward_cancel(packet))
                 finally:
                     stream.close()
                     self._end("cancel request")

@@ -31,6 +31,7 @@ from tests.compat.data import (
     sha,
     wide_digest,
 )
+from tests.fixtures.proxy import cancel_from_child
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -362,7 +363,10 @@ def cancel_sleep(t: Target, method: str) -> dict[str, Any]:
                     ).fetchone(),
                     "pg_sleep(30) to run",
                 )
-                getattr(conn, method)()
+                if method == "cancel":
+                    cancel_from_child(conn)
+                else:
+                    getattr(conn, method)()
             except BaseException as exc:
                 problems.append(exc)
 

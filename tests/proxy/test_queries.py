@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from rdsgate.proxy import wire
-from tests.fixtures.proxy import APP_SECRET, RunningProxy
+from tests.fixtures.proxy import APP_SECRET, RunningProxy, cancel_from_child
 from tests.fixtures.rawpg import RawClient
 
 
@@ -116,7 +116,7 @@ def test_copy_in_and_out_a_million_rows(proxy: RunningProxy) -> None:
 def test_cancel_request_reaches_the_server(proxy: RunningProxy) -> None:
     """libpq's CancelRequest (through the proxy's key) stops pg_sleep(30) within a second."""
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
-        timer = threading.Timer(0.3, conn.cancel)
+        timer = threading.Timer(0.3, cancel_from_child, [conn])
         timer.start()
         started = time.monotonic()
         with pytest.raises(psycopg.errors.QueryCanceled, match="canceling statement"):
