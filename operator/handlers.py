@@ -1059,14 +1059,20 @@ def _pod_metrics_address(pod: Mapping[str, Any]) -> tuple[str, int] | None:
     return str(ip), render.METRICS_PORT
 
 
-def _fetch_diagnosis(address: tuple[str, int]) -> diagnosis.Report:
+def _pod_json(address: tuple[str, int], path: str, key: str) -> Any:
+    """`key` of the JSON a proxy pod serves at `path` on its metrics port."""
     host, port = address
     host = f"[{host}]" if ":" in host else host
+    with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=DIAGNOSE_TIMEOUT) as resp:
+        doc = json.loads(resp.read())
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path} answered {type(doc).__name__}, not an object")
+    return doc.get(key)
+
+
+def _fetch_diagnosis(address: tuple[str, int]) -> diagnosis.Report:
     try:
-        with urllib.request.urlopen(
-            f"http://{host}:{port}/diagnose", timeout=DIAGNOSE_TIMEOUT
-        ) as resp:
-            findings = json.loads(resp.read()).get("findings")
+        findings = _pod_json(address, "/diagnose", "findings")
     except (OSError, ValueError) as exc:
         return f"{type(exc).__name__}: {exc}"
     return findings if isinstance(findings, list) else "no findings in the answer"
@@ -1074,14 +1080,9 @@ def _fetch_diagnosis(address: tuple[str, int]) -> diagnosis.Report:
 
 def _fetch_pinning(address: tuple[str, int]) -> list[dict[str, Any]] | None:
     """A proxy pod's `/pinning` counts, or None when it cannot tell (an older proxy too)."""
-    host, port = address
-    host = f"[{host}]" if ":" in host else host
     try:
-        with urllib.request.urlopen(
-            f"http://{host}:{port}/pinning", timeout=DIAGNOSE_TIMEOUT
-        ) as resp:
-            entries = json.loads(resp.read()).get("pinning")
-    except (OSError, ValueError, AttributeError):
+        entries = _pod_json(address, "/pinning", "pinning")
+    except (OSError, ValueError):
         return None
     return entries if isinstance(entries, list) else None
 

@@ -195,7 +195,8 @@ def test_tags_names_and_engine_families_select_proxies_and_endpoints(lab: Lab) -
 
 def test_tag_change_updates_labels_and_gone_proxies_are_deleted_after_grace(lab: Lab) -> None:
     orders = lab.proxy("orders", env="prod", tier="gold")
-    lab.discovery()
+    # Grace long enough to see the mark on a loaded machine before the deletion.
+    lab.discovery(deletionGracePeriod="5s")
     db = lab.wait(lambda: lab.database(orders.name), "the Database")
     assert db["metadata"]["labels"]["tier"] == "gold"
 
@@ -217,10 +218,16 @@ def test_tag_change_updates_labels_and_gone_proxies_are_deleted_after_grace(lab:
         c = Api.condition(lab.database(orders.name), "Ready") or {}
         return c if c.get("reason") == "GoneFromAWS" else None
 
+    def listed() -> list[str] | None:
+        status = (lab.get() or {}).get("status") or {}
+        return [g["database"] for g in status.get("goneFromAWS") or []] or None
+
+    # The discovery's status lists it in the round that marks it, before the Database's
+    # reconcile shows the condition.
+    assert lab.wait(listed, "the discovery's status to list the gone Database") == [orders.name]
     ready = lab.wait(gone, "Ready=False GoneFromAWS on the Database")
     assert ready["status"] == "False"
     assert "no longer found" in ready["message"]
-    assert [g["database"] for g in (lab.get() or {})["status"]["goneFromAWS"]] == [orders.name]
     lab.wait(lambda: lab.database(orders.name) is None, "the Database to be deleted")
     assert lab.events("GoneFromAWS") and lab.events("DatabaseDeleted")
 
