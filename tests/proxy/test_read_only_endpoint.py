@@ -13,7 +13,6 @@ and the server certificate's `-ro` names work with libpq's verify-full and multi
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
 import os
@@ -22,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import psycopg
 import pytest
 
@@ -34,6 +32,7 @@ from rdsgate.operator import pki, render
 from rdsgate.proxy.access import secret_digest
 from tests.fixtures.lab import PROXY_USERS, LabCA, wait_for
 from tests.fixtures.proxy import APP_SECRET, DEFAULT_ACCESS, ProxyLab, RunningProxy
+from tests.fixtures.proxy import login_refusal as refusal
 
 ANALYST_SECRET = "analyst-token-5a6b7c8d9e"
 AUDITOR_SECRET = "auditor-token-0f1e2d3c4b"
@@ -146,16 +145,6 @@ def proxy_ro(
     )
     yield ReadOnlyProxy(running, ro_port, tls_dir)
     running.stop()
-
-
-def refusal(url: str) -> asyncpg.PostgresError:
-    async def connect() -> None:
-        conn = await asyncpg.connect(url, timeout=15)
-        await conn.close()
-
-    with pytest.raises(asyncpg.PostgresError) as info:
-        asyncio.run(connect())
-    return info.value
 
 
 def on_endpoint(endpoint: str, event: dict[str, Any]) -> bool:

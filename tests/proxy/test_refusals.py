@@ -6,12 +6,10 @@ test; each refusal is checked for the SQLSTATE and message a client shows.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import asyncpg
 import psycopg
 import pytest
 
@@ -24,6 +22,7 @@ from tests.fixtures.proxy import (
     REPORTING_SECRET,
     RunningProxy,
 )
+from tests.fixtures.proxy import login_refusal as refusal
 from tests.fixtures.rawpg import RawClient
 
 
@@ -37,18 +36,6 @@ def bystander(proxy: RunningProxy) -> Iterator[psycopg.Connection[Any]]:
 def others_unaffected(bystander: psycopg.Connection[Any]) -> Iterator[None]:
     yield
     assert bystander.execute("select 'still here'").fetchone() == ("still here",)
-
-
-def refusal(url: str) -> asyncpg.PostgresError:
-    """The server error a driver reports for a refused log-in (asyncpg keeps its SQLSTATE)."""
-
-    async def connect() -> None:
-        conn = await asyncpg.connect(url, timeout=15)
-        await conn.close()
-
-    with pytest.raises(asyncpg.PostgresError) as info:
-        asyncio.run(connect())
-    return info.value
 
 
 def psql_error(dsn: str) -> str:
